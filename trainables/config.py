@@ -1,0 +1,182 @@
+"""The trial configuration: one flat dict whose keys are MLflow params.
+
+Every key a search space, an exported config or the CLI may set is declared once in
+:data:`PARAMS`, with its type, allowed values and default. :func:`resolve_config` fills the
+defaults and validates a partial config; :class:`ConfigError` is the one-line, user-facing
+error every layer raises for bad input (``run_search.py`` turns it into exit code 2).
+
+Example:
+    >>> cfg = resolve_config({"student": "ffn", "embedding": "hash", "lr": 0.01})
+    >>> cfg["hidden_dim"], cfg["alpha"]
+    (100, 0.0)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+TASKS = ("sst2", "qqp", "mnli")
+STUDENTS = ("bilstm", "rnn", "ffn")
+EMBEDDINGS = ("hash", "char", "bpe", "glove")
+STAGES = ("distill", "prune", "quantize")
+
+
+class ConfigError(ValueError):
+    """Bad user input (space file, CLI value, config key or value, missing file).
+
+    The message is one line that names what to fix; the CLI prints it and exits with code 2.
+    """
+
+
+@dataclass(frozen=True)
+class Param:
+    """Declaration of one trial-config key.
+
+    Attributes:
+        kind: ``"int"``, ``"float"``, ``"str"`` or ``"bool"``.
+        default: value used when the config does not set the key (``None``: resolved from
+            the student, see :func:`resolve_config`).
+        choices: allowed values for ``str`` keys (``None``: any string).
+        low, high: inclusive bounds for numeric keys (``None``: unbounded).
+        help: one line for ``--help`` and error messages, with the unit.
+    """
+
+    kind: str
+    default: Any
+    choices: tuple | None = None
+    low: float | None = None
+    high: float | None = None
+    help: str = ""
+
+
+PARAMS: dict[str, Param] = {
+    # what and how reproducibly
+    "task": Param("str", "sst2", TASKS, help="GLUE task"),
+    "seed": Param("int", 0, low=0, help="random seed of the trial (torch, numpy, python)"),
+    "max_train_examples": Param("int", 0, low=0, help="use the first N shuffled training rows; 0 = all"),
+    # student
+    "student": Param("str", "bilstm", STUDENTS, help="student architecture"),
+    "embedding": Param("str", "bpe", EMBEDDINGS, help="token embedding type"),
+    "embedding_dim": Param("int", 100, low=1, high=4096, help="embedding dimension"),
+    "vocab_size": Param("int", 5000, low=16, high=1_000_000,
+                        help="vocabulary size (hash: buckets; bpe: merges target; glove/char: most frequent)"),
+    "hash_functions": Param("int", 2, low=1, high=16, help="k hash functions of hash embeddings"),
+    "hash_token_space": Param("int", 0, low=0, high=100_000_000,
+                              help="hash: ids words are hashed into (importance rows); 0 = 4 x vocab_size"),
+    "hidden_dim": Param("int", None, low=1, high=8192,
+                        help="encoder hidden size (default bilstm 150, rnn 100, ffn 100)"),
+    "classifier_dim": Param("int", None, low=1, high=8192,
+                            help="classifier hidden size (default bilstm 200, rnn 100; unused by ffn)"),
+    "pooling": Param("str", "last", ("last", "max"), help="bilstm/rnn sentence vector: last states or max over time"),
+    "max_length": Param("int", 0, low=0, high=4096, help="tokens kept per sentence; 0 = 64 (char: 256)"),
+    "dropout": Param("float", 0.1, low=0.0, high=0.95, help="dropout probability"),
+    # optimisation
+    "optimizer": Param("str", "adam", ("adam", "adamw", "sgd"), help="optimizer"),
+    "lr": Param("float", 1e-3, low=1e-7, high=10.0, help="learning rate"),
+    "weight_decay": Param("float", 0.0, low=0.0, high=1.0, help="weight decay"),
+    "batch_size": Param("int", 64, low=1, high=65536, help="training batch size (examples)"),
+    "epochs": Param("int", 3, low=1, high=1000, help="maximum training epochs"),
+    "patience": Param("int", 2, low=0, high=1000, help="early stopping: epochs without dev improvement; 0 = off"),
+    # distillation (Featherweight thesis section 5; Hinton et al. 2015)
+    "alpha": Param("float", 0.0, low=0.0, high=1.0, help="weight of the label CE loss; 1 - alpha on distillation"),
+    "temperature": Param("float", 1.0, low=1e-3, high=100.0, help="softmax temperature of the kl loss"),
+    "distill_loss": Param("str", "mse", ("mse", "kl"), help="mse on raw logits, or T^2 * KL on softened outputs"),
+    "stages": Param("str", "distill", help="comma-separated subset of distill,prune,quantize, in that order"),
+}
+
+_DEFAULT_HIDDEN = {"bilstm": 150, "rnn": 100, "ffn": 100}
+_DEFAULT_CLASSIFIER = {"bilstm": 200, "rnn": 100, "ffn": 0}
+
+
+def _check_value(key: str, value: Any, where: str) -> Any:
+    spec = PARAMS[key]
+    if spec.kind == "int":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != int(value):
+            raise ConfigError(f"{where}: '{key}' must be an integer, got {value!r}")
+        value = int(value)
+    elif spec.kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: '{key}' must be a number, got {value!r}")
+        value = float(value)
+    elif spec.kind == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: '{key}' must be true or false, got {value!r}")
+    else:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: '{key}' must be a string, got {value!r}")
+        if spec.choices is not None and value not in spec.choices:
+            raise ConfigError(f"{where}: '{key}' = {value!r} is not allowed; allowed: {', '.join(spec.choices)}")
+    if spec.kind in ("int", "float"):
+        if spec.low is not None and value < spec.low:
+            raise ConfigError(f"{where}: '{key}' = {value!r} is below its minimum {spec.low:g}")
+        if spec.high is not None and value > spec.high:
+            raise ConfigError(f"{where}: '{key}' = {value!r} is above its maximum {spec.high:g}")
+    return value
+
+
+def check_key(key: str, where: str = "config") -> None:
+    """Raise :class:`ConfigError` if ``key`` is not a trial-config key."""
+    if key not in PARAMS:
+        raise ConfigError(f"{where}: unknown key '{key}'; allowed: {', '.join(sorted(PARAMS))}")
+
+
+def check_value(key: str, value: Any, where: str = "config") -> Any:
+    """Validate one value of ``key`` and return it coerced to the declared type.
+
+    Raises:
+        ConfigError: unknown key, wrong type, value outside bounds or choices.
+    """
+    check_key(key, where)
+    return _check_value(key, value, where)
+
+
+def parse_stages(stages: str | Sequence[str], where: str = "config") -> tuple[str, ...]:
+    """Parse ``"distill,prune"`` into ``("distill", "prune")``, checking names and order.
+
+    Raises:
+        ConfigError: unknown stage, repeated stage, stages out of order, or empty.
+    """
+    names = [s.strip() for s in (stages.split(",") if isinstance(stages, str) else stages) if s.strip()]
+    if not names:
+        raise ConfigError(f"{where}: 'stages' is empty; allowed: {', '.join(STAGES)}")
+    for name in names:
+        if name not in STAGES:
+            raise ConfigError(f"{where}: stage {name!r} is not allowed; allowed: {', '.join(STAGES)}")
+    if len(set(names)) != len(names) or sorted(names, key=STAGES.index) != names:
+        raise ConfigError(f"{where}: 'stages' must list each of {', '.join(STAGES)} at most once, in that order")
+    return tuple(names)
+
+
+def resolve_config(partial: Mapping[str, Any], where: str = "config") -> dict[str, Any]:
+    """Validate ``partial`` and fill every missing key with its default.
+
+    Student-dependent defaults (``hidden_dim``, ``classifier_dim``, ``max_length``) are made
+    explicit so that the resolved config alone reproduces a trial.
+
+    Args:
+        partial: any subset of :data:`PARAMS` keys.
+        where: the source named in error messages (a file path, ``"--config"``...).
+
+    Returns:
+        A new dict with every key of :data:`PARAMS`, sorted by key.
+
+    Raises:
+        ConfigError: unknown key or invalid value (the message names key and allowed values).
+    """
+    cfg: dict[str, Any] = {}
+    for key, value in partial.items():
+        cfg[key] = check_value(key, value, where)
+    for key, spec in PARAMS.items():
+        cfg.setdefault(key, spec.default)
+    student = cfg["student"]
+    if cfg["hidden_dim"] is None:
+        cfg["hidden_dim"] = _DEFAULT_HIDDEN[student]
+    if cfg["classifier_dim"] is None:
+        cfg["classifier_dim"] = _DEFAULT_CLASSIFIER[student]
+    if cfg["hash_token_space"] == 0:
+        cfg["hash_token_space"] = 4 * cfg["vocab_size"]
+    if cfg["max_length"] == 0:
+        cfg["max_length"] = 256 if cfg["embedding"] == "char" else 64
+    cfg["stages"] = ",".join(parse_stages(cfg["stages"], where))
+    return dict(sorted(cfg.items()))

@@ -1,0 +1,235 @@
+"""GLUE data for SST-2, QQP and MNLI: from a local GLUE folder or the Hugging Face hub.
+
+A local folder may use the official GLUE TSV layout (``SST-2/train.tsv``, ``QQP/dev.tsv``,
+``MNLI/dev_matched.tsv``...) or the JSON/JSONL files staged in ``shared/data/glue``
+(``QQP/pcp_subset/*.json``, ``MNLI/dev_matched.jsonl``); the official file wins when both
+exist, and a subset is announced once. GLUE TSVs contain ``"`` characters, so they are read
+with quoting off. Every split carries a content hash (sha256 over its rows) that keys the
+teacher-logit cache and is logged as the ``data_hash`` tag.
+
+Example:
+    >>> split = load_split("sst2", "dev", "../shared/data/glue")  # doctest: +SKIP
+    >>> len(split), split.num_labels                               # doctest: +SKIP
+    (872, 2)
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from trainables.config import TASKS, ConfigError
+
+log = logging.getLogger(__name__)
+
+NUM_LABELS = {"sst2": 2, "qqp": 2, "mnli": 3}
+MNLI_LABELS = {"entailment": 0, "neutral": 1, "contradiction": 2}
+# split name -> Hugging Face `glue` split name
+_HUB_SPLITS = {
+    "sst2": {"train": "train", "dev": "validation"},
+    "qqp": {"train": "train", "dev": "validation"},
+    "mnli": {"train": "train", "dev": "validation_matched", "dev_mismatched": "validation_mismatched"},
+}
+# split name -> local candidates, official GLUE layout first: (relative path, format, is_subset)
+_LOCAL_FILES = {
+    "sst2": {
+        "train": [("SST-2/train.tsv", "tsv", False)],
+        "dev": [("SST-2/dev.tsv", "tsv", False)],
+    },
+    "qqp": {
+        "train": [("QQP/train.tsv", "tsv", False), ("QQP/pcp_subset/train.json", "json", True)],
+        "dev": [("QQP/dev.tsv", "tsv", False), ("QQP/pcp_subset/dev.json", "json", True)],
+    },
+    "mnli": {
+        "train": [("MNLI/train.tsv", "tsv", False), ("MNLI/pcp_subset/train.json", "json", True)],
+        "dev": [("MNLI/dev_matched.tsv", "tsv", False), ("MNLI/dev_matched.jsonl", "jsonl", False)],
+        "dev_mismatched": [("MNLI/dev_mismatched.tsv", "tsv", False)],
+    },
+}
+_TSV_COLUMNS = {  # task -> (text_a column, text_b column or None, label column)
+    "sst2": ("sentence", None, "label"),
+    "qqp": ("question1", "question2", "is_duplicate"),
+    "mnli": ("sentence1", "sentence2", "gold_label"),
+}
+_announced_subsets: set[str] = set()
+
+
+@dataclass
+class Split:
+    """One split of a GLUE task, in file order.
+
+    Attributes:
+        task: ``sst2``, ``qqp`` or ``mnli``.
+        name: ``train``, ``dev`` or ``dev_mismatched``.
+        text_a: first sentences (stripped), length n.
+        text_b: second sentences for pair tasks (QQP, MNLI), else ``None``.
+        labels: int64 array of shape (n,), values in ``[0, num_labels)``.
+        source: file path or ``hub:nyu-mll/glue/<task>/<split>``.
+        data_hash: sha256 hex digest over the rows (texts and labels), independent of format.
+    """
+
+    task: str
+    name: str
+    text_a: list[str]
+    text_b: list[str] | None
+    labels: np.ndarray
+    source: str
+    data_hash: str = field(default="")
+
+    def __post_init__(self) -> None:
+        if not self.data_hash:
+            self.data_hash = content_hash(self.text_a, self.text_b, self.labels)
+
+    def __len__(self) -> int:
+        return len(self.text_a)
+
+    @property
+    def num_labels(self) -> int:
+        return NUM_LABELS[self.task]
+
+    @property
+    def is_pair(self) -> bool:
+        return self.text_b is not None
+
+    def texts(self) -> list[str]:
+        """All sentences of the split (both sides for pair tasks), e.g. to learn a vocabulary."""
+        return self.text_a + (self.text_b or [])
+
+
+def content_hash(text_a: list[str], text_b: list[str] | None, labels: np.ndarray) -> str:
+    """sha256 hex digest of the rows ``text_a \\t text_b \\t label \\n`` in order."""
+    h = hashlib.sha256()
+    for i, a in enumerate(text_a):
+        b = text_b[i] if text_b is not None else ""
+        h.update(f"{a}\t{b}\t{int(labels[i])}\n".encode("utf-8"))
+    return h.hexdigest()
+
+
+def check_task(task: str) -> str:
+    """Return ``task`` normalised (``SST-2`` -> ``sst2``) or raise :class:`ConfigError`."""
+    norm = task.lower().replace("-", "").replace("_", "")
+    if norm not in TASKS:
+        raise ConfigError(f"unknown task {task!r}; allowed: {', '.join(TASKS)}")
+    return norm
+
+
+def _label(task: str, raw: str) -> int:
+    raw = str(raw).strip()
+    if task == "mnli":
+        if raw not in MNLI_LABELS:
+            raise ValueError(f"unknown MNLI label {raw!r}")
+        return MNLI_LABELS[raw]
+    return int(raw)
+
+
+def _read_tsv(path: Path, task: str) -> tuple[list[str], list[str] | None, list[int]]:
+    col_a, col_b, col_label = _TSV_COLUMNS[task]
+    a, b, y = [], [] if col_b else None, []
+    csv.field_size_limit(sys.maxsize)
+    with path.open(encoding="utf-8", newline="") as f:
+        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        header = next(reader)
+        missing = [c for c in (col_a, col_b, col_label) if c and c not in header]
+        if missing:
+            raise ConfigError(f"{path}: missing GLUE column(s) {', '.join(missing)}; header is {header}")
+        ia, il = header.index(col_a), header.index(col_label)
+        ib = header.index(col_b) if col_b else None
+        for row in reader:
+            if len(row) < len(header):  # malformed rows exist in the official QQP train file
+                continue
+            a.append(row[ia].strip())
+            if b is not None:
+                b.append(row[ib].strip())
+            y.append(_label(task, row[il]))
+    return a, b, y
+
+
+def _read_json(path: Path, task: str, lines: bool) -> tuple[list[str], list[str] | None, list[int]]:
+    if lines:  # {"premise", "hypothesis", "label"} per line
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        a = [r["premise"].strip() for r in rows]
+        b = [r["hypothesis"].strip() for r in rows]
+        y = [_label(task, r["label"]) for r in rows]
+        return a, b, y
+    obj = json.loads(path.read_text(encoding="utf-8"))  # {"0": {"text_a", "text_b", "label"}, ...}
+    rows = [obj[k] for k in sorted(obj, key=int)]
+    a = [r["text_a"].strip() for r in rows]
+    b = [r["text_b"].strip() for r in rows] if task != "sst2" else None
+    y = [_label(task, r["label"]) for r in rows]
+    return a, b, y
+
+
+def local_split_path(task: str, split: str, data_dir: str | Path) -> tuple[Path, str, bool]:
+    """Find the file of ``split`` under ``data_dir``: (path, format, is_subset).
+
+    Raises:
+        ConfigError: unknown split, missing folder, or no candidate file exists.
+    """
+    task = check_task(task)
+    root = Path(data_dir).expanduser()
+    if not root.is_dir():
+        raise ConfigError(f"data folder {str(root)!r} does not exist; pass --data-dir with a GLUE folder "
+                          f"(e.g. ../shared/data/glue) or leave it unset to use the Hugging Face hub")
+    if split not in _LOCAL_FILES[task]:
+        raise ConfigError(f"task {task} has no split {split!r}; allowed: {', '.join(_LOCAL_FILES[task])}")
+    for rel, fmt, subset in _LOCAL_FILES[task][split]:
+        if (root / rel).is_file():
+            return root / rel, fmt, subset
+    tried = ", ".join(rel for rel, _, _ in _LOCAL_FILES[task][split])
+    raise ConfigError(f"no {task} {split} file under {root}; expected one of: {tried}")
+
+
+def load_split(task: str, split: str, data_dir: str | Path | None = None) -> Split:
+    """Load one split of a GLUE task.
+
+    Args:
+        task: ``sst2``, ``qqp`` or ``mnli`` (``SST-2`` etc. accepted).
+        split: ``train``, ``dev`` (MNLI: matched) or ``dev_mismatched`` (MNLI only).
+        data_dir: a local GLUE folder; ``None`` loads ``nyu-mll/glue`` from the hub via ``datasets``.
+
+    Returns:
+        The :class:`Split`, rows in file order, texts stripped of surrounding white space.
+
+    Raises:
+        ConfigError: unknown task or split, missing folder or file, hub unreachable.
+    """
+    task = check_task(task)
+    if data_dir is None:
+        return _load_hub(task, split)
+    path, fmt, subset = local_split_path(task, split, data_dir)
+    if subset and str(path) not in _announced_subsets:
+        _announced_subsets.add(str(path))
+        log.warning("%s %s: the official GLUE file is absent; using the subset %s", task, split, path)
+    if fmt == "tsv":
+        a, b, y = _read_tsv(path, task)
+    else:
+        a, b, y = _read_json(path, task, lines=(fmt == "jsonl"))
+    return Split(task, split, a, b, np.asarray(y, dtype=np.int64), str(path))
+
+
+def _load_hub(task: str, split: str) -> Split:
+    if split not in _HUB_SPLITS[task]:
+        raise ConfigError(f"task {task} has no split {split!r}; allowed: {', '.join(_HUB_SPLITS[task])}")
+    hub_split = _HUB_SPLITS[task][split]
+    try:
+        import datasets
+
+        ds = datasets.load_dataset("nyu-mll/glue", task, split=hub_split)
+    except Exception as e:  # offline, no such dataset, ...
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"cannot load GLUE {task} {split} from the Hugging Face hub ({first}); "
+                          f"pass --data-dir with a local GLUE folder") from None
+    if task == "sst2":
+        a, b = [s.strip() for s in ds["sentence"]], None
+    elif task == "qqp":
+        a, b = [s.strip() for s in ds["question1"]], [s.strip() for s in ds["question2"]]
+    else:
+        a, b = [s.strip() for s in ds["premise"]], [s.strip() for s in ds["hypothesis"]]
+    return Split(task, split, a, b, np.asarray(ds["label"], dtype=np.int64), f"hub:nyu-mll/glue/{task}/{hub_split}")

@@ -1,0 +1,226 @@
+"""The compression trainable: one trial from config to measured, saved, tracked student.
+
+:func:`run_trial` is plain Python (used by replays, benchmarks and tests);
+:func:`tune_trainable` wraps it as a Ray Tune function trainable that reports every epoch
+with ``ray.tune.report`` (with a checkpoint) and logs to one MLflow child run.
+
+Steps: resolve config -> fit the token encoder on the training split -> encode train/dev
+-> build the student -> distil with early stopping (energy metered per epoch) -> save the
+best epoch's student -> evaluate it from the saved file -> measure size, speed and
+inference energy -> log everything.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+import yaml
+
+from trainables import artifact, energy
+from trainables.config import resolve_config
+from trainables.data import Split
+from trainables.distill import encode_split, predict, train
+from trainables.embeddings import build_encoder
+from trainables.metrics import inference_speed, task_metrics
+from trainables.students import build_student, count_params
+from trainables.tracking import MemoryTracker, Tracker, environment_tags
+
+ReportFn = Callable[[dict[str, Any], "Path | None"], None]
+
+
+@dataclass
+class TrialData:
+    """Everything a trial reads, computed once by the driver (shared through Ray's object store).
+
+    Attributes:
+        train, dev: the task's splits; ``dev_mismatched`` for MNLI when available.
+        train_logits, dev_logits: teacher logits, float32 (n, num_labels).
+        teacher_id: see :func:`trainables.teacher.teacher_id`.
+        teacher_bytes: the teacher's fp32 parameter bytes (for ``compression_ratio``), or ``None``.
+    """
+
+    train: Split
+    dev: Split
+    train_logits: np.ndarray
+    dev_logits: np.ndarray
+    teacher_id: str
+    teacher_bytes: int | None = None
+    dev_mismatched: Split | None = None
+
+
+@dataclass
+class RunSettings:
+    """Search-level settings that shape measurement, not the model.
+
+    Attributes:
+        cpu_watts_per_core: enables the labelled CPU-time energy ``estimate`` (watts per core).
+        pue, kg_per_kwh: CO2e factors (Best Way to Squeeze thesis, section 3.4).
+        threads: torch intra-op threads (default: CPUs Ray assigned, else 1).
+        tags: extra tags for every trial run (``search_id``, ``git_commit``...).
+    """
+
+    cpu_watts_per_core: float | None = None
+    pue: float = energy.DEFAULT_PUE
+    kg_per_kwh: float = energy.DEFAULT_KG_PER_KWH
+    threads: int | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def run_trial(config: Mapping[str, Any], data: TrialData, workdir: str | Path, tracker: Tracker | None = None,
+              settings: RunSettings | None = None, report: ReportFn | None = None,
+              run_name: str = "trial") -> dict[str, Any]:
+    """Run one distillation trial and return its final metrics.
+
+    Args:
+        config: a (partial) trial config, resolved with :func:`trainables.config.resolve_config`.
+        data: the splits and teacher logits.
+        workdir: the trial's own folder (epoch checkpoints and the final ``model/``).
+        tracker: where params, metrics, tags and the model go (default: in memory).
+        report: called after each epoch with its metrics and checkpoint folder, and once at the
+            end with the final metrics and ``None``.
+
+    Returns:
+        Final metrics: ``accuracy`` (dev, percent; ``f1`` for QQP), ``num_params``,
+        ``nonzero_params``, ``size_bytes``, ``gzip_bytes``, ``weights_bytes``, ``fp32_bytes``,
+        ``compression_ratio``, ``train_time_s``, ``latency_ms``, ``throughput``, ``best_epoch``,
+        the energy metrics when measured, and ``energy_method`` (also a tag).
+
+    Raises:
+        ConfigError: invalid config. Any training error is re-raised after the run is marked FAILED.
+    """
+    settings = settings or RunSettings()
+    tracker = tracker or MemoryTracker()
+    cfg = resolve_config(config)
+    workdir = Path(workdir)
+    torch.set_num_threads(settings.threads or 1)
+    seed_everything(cfg["seed"])
+    tags = {**settings.tags, **environment_tags(), "seed": str(cfg["seed"]), "data_hash": data.train.data_hash,
+            "dev_data_hash": data.dev.data_hash, "teacher_id": data.teacher_id, "task": data.train.task}
+    tracker.start(run_name, params=cfg, tags=tags)
+    try:
+        final = _run(cfg, data, workdir, tracker, settings, report)
+    except BaseException as e:
+        tracker.set_tags({"error": f"{type(e).__name__}: {e}"[:4000]})
+        tracker.finish("FAILED")
+        raise
+    tracker.finish("FINISHED")
+    return final
+
+
+def _run(cfg: dict[str, Any], data: TrialData, workdir: Path, tracker: Tracker, settings: RunSettings,
+         report: ReportFn | None) -> dict[str, Any]:
+    train_split, dev_split = data.train, data.dev
+    rows = None
+    if cfg["max_train_examples"] and cfg["max_train_examples"] < len(train_split):
+        rows = np.random.default_rng(cfg["seed"]).permutation(len(train_split))[: cfg["max_train_examples"]]
+    texts = train_split.texts() if rows is None else [train_split.text_a[i] for i in rows] + (
+        [train_split.text_b[i] for i in rows] if train_split.is_pair else [])
+    encoder = build_encoder(cfg["embedding"], texts, cfg["vocab_size"], cfg["hash_token_space"])
+    train_enc = encode_split(train_split, encoder, cfg["max_length"], data.train_logits, rows)
+    dev_enc = encode_split(dev_split, encoder, cfg["max_length"])
+    num_labels, pair = train_split.num_labels, train_split.is_pair
+    model = build_student(cfg, encoder, num_labels, pair)
+
+    meter = energy.make_meter(cpu_watts_per_core=settings.cpu_watts_per_core)
+    readings: list[energy.EnergyReading] = []
+    ckpt_dir = workdir / "checkpoint"
+
+    def on_epoch(row: dict[str, float]) -> None:
+        readings.append(meter.stop())
+        metrics = dict(row)
+        joules = energy.sum_readings(readings).joules
+        if joules is not None:
+            metrics["energy_j"] = joules
+        sizes = artifact.save_student(model, cfg, encoder, num_labels, pair, ckpt_dir / artifact.ARTIFACT_NAME)
+        metrics.update(size_bytes=sizes["size_bytes"], gzip_bytes=sizes["gzip_bytes"])
+        tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=int(row["epoch"]))
+        if report is not None:
+            report(metrics, ckpt_dir)
+        meter.start()
+
+    meter.start()
+    result = train(model, train_enc, dev_enc, cfg, on_epoch)
+    meter.stop()  # the window after the last epoch (early-stopping bookkeeping) is not training
+
+    model_dir = workdir / "model"
+    path = model_dir / artifact.ARTIFACT_NAME
+    sizes = artifact.save_student(model, cfg, encoder, num_labels, pair, path)
+    (model_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=True))
+    # evaluate what was saved, not what is in memory: the logged accuracy is the artifact's
+    saved, saved_encoder, _ = artifact.load_student(path)
+    logits = predict(saved, dev_enc)
+    final: dict[str, Any] = task_metrics(train_split.task, logits, dev_split.labels)
+    if data.dev_mismatched is not None:
+        mm = encode_split(data.dev_mismatched, saved_encoder, cfg["max_length"])
+        final["accuracy_mismatched"] = task_metrics("mnli", predict(saved, mm), data.dev_mismatched.labels)["accuracy"]
+        final["accuracy_mean"] = (final["accuracy"] + final["accuracy_mismatched"]) / 2
+
+    inference_meter = energy.make_meter(cpu_watts_per_core=settings.cpu_watts_per_core)
+    inference_meter.start()
+    predict(saved, dev_enc)
+    inference = inference_meter.stop()
+    energy_values, energy_tags = energy.energy_metrics(energy.sum_readings(readings), inference, len(dev_enc),
+                                                       settings.pue, settings.kg_per_kwh)
+    num_params, nonzero = count_params(saved)
+    final.update(sizes)
+    final.update(energy_values)
+    final.update(inference_speed(saved, dev_enc, threads=settings.threads or 1))
+    final.update(num_params=num_params, nonzero_params=nonzero, fp32_bytes=4 * num_params,
+                 train_time_s=result.train_time_s, best_epoch=result.best_epoch)
+    if data.teacher_bytes:
+        final["compression_ratio"] = data.teacher_bytes / sizes["size_bytes"]
+    tracker.log_metrics(final)
+    tracker.set_tags(energy_tags)
+    tracker.log_artifact(model_dir, "model")
+    final["energy_method"] = energy_tags["energy_method"]
+    if report is not None:
+        report(final, None)
+    return final
+
+
+def tune_trainable(config: dict[str, Any], data: TrialData, tracking: Mapping[str, Any]) -> None:
+    """Ray Tune function trainable: :func:`run_trial` with one MLflow child run per trial.
+
+    Args:
+        config: the sampled trial config (Tune passes it).
+        data: shared through ``tune.with_parameters``.
+        tracking: ``tracking_uri``, ``experiment_id``, ``parent_run_id`` and ``settings``
+            (a :class:`RunSettings`) from the driver.
+    """
+    import ray
+    from ray import tune
+
+    from trainables.tracking import MlflowTracker
+
+    ctx = tune.get_context()
+    settings: RunSettings = tracking["settings"]
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+    settings = RunSettings(settings.cpu_watts_per_core, settings.pue, settings.kg_per_kwh,
+                           settings.threads or max(1, int(cpus)),
+                           {**settings.tags, "trial_id": ctx.get_trial_id()})
+    tracker = MlflowTracker(tracking["tracking_uri"], tracking["experiment_id"], tracking["parent_run_id"])
+
+    def report(metrics: dict[str, Any], ckpt: Path | None) -> None:
+        numeric = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        if ckpt is None:
+            tune.report({**numeric, "mlflow_run_id": tracker.run_id, "energy_method": metrics.get("energy_method")})
+        else:
+            tune.report(numeric, checkpoint=tune.Checkpoint.from_directory(str(ckpt)))
+
+    workdir = ctx.get_trial_dir() or tempfile.mkdtemp(prefix="featherweight-trial-")
+    os.makedirs(workdir, exist_ok=True)
+    run_trial(config, data, workdir, tracker, settings, report, run_name=ctx.get_trial_name())
