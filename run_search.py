@@ -54,6 +54,8 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pue", type=float, default=d.pue, help="power usage effectiveness for CO2e (default 1.59)")
     p.add_argument("--kg-per-kwh", type=float, default=d.kg_per_kwh, help="carbon intensity (default 0.430)")
     p.add_argument("--verbose", type=int, default=d.verbose, help="Ray Tune verbosity 0-3")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="fix a trial-config key in every trial (repeatable), e.g. --set epochs=1")
     p.set_defaults(func=_cmd_search)
 
 
@@ -61,8 +63,27 @@ def _cmd_search(args: argparse.Namespace) -> int:
     from search.tuner import SearchOptions, run_search
 
     names = {f.name for f in fields(SearchOptions)}
-    run_search(SearchOptions(**{k: v for k, v in vars(args).items() if k in names}))
+    values = {k: v for k, v in vars(args).items() if k in names}
+    values["overrides"] = parse_overrides(args.overrides)
+    run_search(SearchOptions(**values))
     return 0
+
+
+def parse_overrides(items: list[str]) -> dict[str, object]:
+    """``["epochs=1", "student=ffn"]`` -> ``{"epochs": 1, "student": "ffn"}`` (values parsed as YAML scalars).
+
+    Raises:
+        ConfigError: an item without ``=`` (keys and values are checked with the search space).
+    """
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r} must look like KEY=VALUE")
+        out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+    return out
 
 
 def _add_teacher(sub: argparse._SubParsersAction) -> None:

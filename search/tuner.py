@@ -59,6 +59,7 @@ class SearchOptions:
     pue: float = 1.59
     kg_per_kwh: float = 0.430
     verbose: int = 1
+    overrides: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -149,7 +150,7 @@ def plan_search(opts: SearchOptions) -> Plan:
     if opts.data_dir is not None:
         for split in ("train", "dev"):
             local_split_path(task, split, opts.data_dir)
-    space = load_space(opts.space).with_fixed({"task": task, "seed": opts.seed})
+    space = load_space(opts.space).with_fixed({**opts.overrides, "task": task, "seed": opts.seed})
     objectives = (parse_objectives(opts.objectives, "--objectives") if opts.objectives
                   else space.objectives or dict(DEFAULT_OBJECTIVES))
     teacher = resolve_teacher(task, opts.teacher, opts.cache_dir)
@@ -195,24 +196,46 @@ def make_sampler(name: str, seed: int) -> Any:
     return optuna.samplers.RandomSampler(seed=seed)
 
 
-def load_trial_data(plan: Plan) -> Any:
-    """Load the splits and teacher logits once, in the driver."""
+def build_trial_data(task: str, data_dir: str | None, teacher: str, cache_dir: str | None = None) -> Any:
+    """Load the splits of ``task`` and ``teacher``'s logits on them (searches and replays).
+
+    Args:
+        task: ``sst2``, ``qqp`` or ``mnli``.
+        data_dir: local GLUE folder; ``None``: the Hugging Face hub.
+        teacher: teacher folder or hub name.
+        cache_dir: teacher-logit cache root (``None``: the user cache dir).
+
+    Returns:
+        A :class:`trainables.pipeline.TrialData`.
+
+    Raises:
+        ConfigError: missing data, teacher that cannot be loaded or does not fit the task.
+    """
     from trainables.data import load_split
     from trainables.pipeline import TrialData
     from trainables.teacher import teacher_id, teacher_logits, teacher_size_bytes
 
-    opts = plan.options
-    train = load_split(plan.task, "train", opts.data_dir)
-    dev = load_split(plan.task, "dev", opts.data_dir)
+    train = load_split(task, "train", data_dir)
+    dev = load_split(task, "dev", data_dir)
     mismatched = None
-    if plan.task == "mnli":
+    if task == "mnli":
         try:
-            mismatched = load_split("mnli", "dev_mismatched", opts.data_dir)
+            mismatched = load_split("mnli", "dev_mismatched", data_dir)
         except ConfigError:
             log.warning("mnli dev_mismatched is not available; reporting matched accuracy only")
-    logits = [teacher_logits(plan.teacher, s, opts.cache_dir) for s in (train, dev)]
-    return TrialData(train, dev, logits[0], logits[1], teacher_id(plan.teacher), teacher_size_bytes(plan.teacher),
-                     mismatched)
+    logits = [teacher_logits(teacher, s, cache_dir) for s in (train, dev)]
+    return TrialData(train, dev, logits[0], logits[1], teacher_id(teacher), teacher_size_bytes(teacher), mismatched)
+
+
+def load_trial_data(plan: Plan) -> Any:
+    """Load the splits and teacher logits once, in the driver."""
+    return build_trial_data(plan.task, plan.options.data_dir, plan.teacher, plan.options.cache_dir)
+
+
+def _local_or_name(path_or_name: str) -> str:
+    """An absolute path for an existing local folder (replays run elsewhere), else the name as is."""
+    path = Path(path_or_name).expanduser()
+    return str(path.resolve()) if path.exists() else path_or_name
 
 
 def run_search(opts: SearchOptions) -> pd.DataFrame:
@@ -245,7 +268,9 @@ def run_search(opts: SearchOptions) -> pd.DataFrame:
         params={"task": plan.task, "space": opts.space, "num_samples": opts.num_samples,
                 "max_concurrent": opts.max_concurrent, "sampler": opts.sampler, "seed": opts.seed,
                 "objectives": ",".join(f"{k}:{v}" for k, v in plan.objectives.items()),
-                "teacher": plan.teacher, "data_dir": opts.data_dir or "hub", "cpus_per_trial": opts.cpus_per_trial,
+                "teacher": _local_or_name(plan.teacher),
+                "data_dir": _local_or_name(opts.data_dir) if opts.data_dir else "hub",
+                "cache_dir": _local_or_name(opts.cache_dir) if opts.cache_dir else "", "cpus_per_trial": opts.cpus_per_trial,
                 "gpus_per_trial": opts.gpus_per_trial},
         tags={"search_id": search_id, "git_commit": git_commit, "data_hash": data.train.data_hash,
               "teacher_id": data.teacher_id, "sampler": opts.sampler,
@@ -266,7 +291,8 @@ def run_search(opts: SearchOptions) -> pd.DataFrame:
         trainable = tune.with_resources(tune.with_parameters(tune_trainable, data=data, tracking=tracking),
                                         {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
         searcher = OptunaSearch(metric=list(plan.objectives), mode=list(plan.objectives.values()),
-                                sampler=make_sampler(opts.sampler, opts.seed), study_name=f"{opts.experiment}-{search_id}")
+                                sampler=make_sampler(opts.sampler, opts.seed), study_name=f"{opts.experiment}-{search_id}",
+                                points_to_evaluate=_initial_points(plan))
         tuner = tune.Tuner(
             trainable,
             param_space=plan.space.tune_space(),
@@ -286,6 +312,13 @@ def run_search(opts: SearchOptions) -> pd.DataFrame:
         if marked:
             print(f"marked {marked} unfinished trial run(s) FAILED", flush=True)
     return _pareto_report(client, experiment_id, parent_id, plan.objectives, pareto_ranks)
+
+
+def _initial_points(plan: Plan) -> list[dict[str, Any]] | None:
+    """The space's warm-start points, except for random search (its draws must stay i.i.d.)."""
+    if plan.options.sampler == "random" or not plan.space.initial_points:
+        return None
+    return plan.space.initial_points[: plan.options.num_samples]
 
 
 def _runtime_env(address: str | None) -> dict[str, Any] | None:

@@ -11,6 +11,8 @@ A space file::
       hidden_dim: {int: [50, 300]}               # uniform integer, both ends included
       vocab_size: {logint: [500, 20000]}         # log-uniform integer, both ends included
       epochs: 3                                  # a fixed value
+    initial_points:                              # optional: configs evaluated first (Optuna
+      - {student: ffn, lr: 0.003, ...}           # enqueue_trial), each naming every searched key
 
 Every key must be a trial-config key (:data:`trainables.config.PARAMS`) and every value or
 bound must be allowed for it. Errors are :class:`~trainables.config.ConfigError` with one line
@@ -35,7 +37,7 @@ import yaml
 from trainables.config import PARAMS, ConfigError, check_key, check_value, parse_stages
 
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "int", "logint")
-TOP_LEVEL_KEYS = ("description", "objectives", "params")
+TOP_LEVEL_KEYS = ("description", "objectives", "params", "initial_points")
 # metrics a search may optimise, with their natural direction
 OBJECTIVE_METRICS = {
     "accuracy": "max", "f1": "max", "accuracy_mismatched": "max", "accuracy_mean": "max",
@@ -72,6 +74,7 @@ class Space:
         params: searched keys -> :class:`Dist`.
         fixed: keys held at one value in every trial.
         objectives: metric -> ``max``/``min`` (``None``: the space sets none).
+        initial_points: full assignments of the searched keys to evaluate first (warm start).
         source: the file (or label) it came from, for messages.
     """
 
@@ -80,16 +83,18 @@ class Space:
     objectives: dict[str, str] | None = None
     description: str = ""
     source: str = ""
+    initial_points: list[dict[str, Any]] = field(default_factory=list)
 
     def tune_space(self) -> dict[str, Any]:
         """Ray Tune ``param_space``: searched keys as Tune domains, fixed keys as constants."""
         return {**self.fixed, **{k: d.to_tune() for k, d in self.params.items()}}
 
-    def with_fixed(self, values: Mapping[str, Any]) -> "Space":
+    def with_fixed(self, values: Mapping[str, Any], where: str = "--set") -> "Space":
         """A copy where ``values`` (e.g. ``task``, ``seed`` from the CLI) are fixed, replacing searched keys."""
         params = {k: v for k, v in self.params.items() if k not in values}
-        fixed = {**self.fixed, **{k: check_value(k, v, self.source) for k, v in values.items()}}
-        return Space(params, fixed, self.objectives, self.description, self.source)
+        fixed = {**self.fixed, **{k: check_value(k, v, where) for k, v in values.items()}}
+        points = [{k: v for k, v in p.items() if k in params} for p in self.initial_points]
+        return Space(params, fixed, self.objectives, self.description, self.source, points)
 
 
 def _number(value: Any, where: str) -> float:
@@ -185,7 +190,32 @@ def parse_space(obj: Any, source: str) -> Space:
             space.fixed[key] = value
     if obj.get("objectives") is not None:
         space.objectives = parse_objectives(obj["objectives"], f"{source}: objectives")
+    points = obj.get("initial_points") or []
+    if not isinstance(points, list):
+        raise ConfigError(f"{source}: 'initial_points' must be a list of mappings")
+    for i, point in enumerate(points):
+        space.initial_points.append(_parse_point(point, space, f"{source}: initial_points[{i}]"))
     return space
+
+
+def _parse_point(point: Any, space: Space, where: str) -> dict[str, Any]:
+    if not isinstance(point, Mapping):
+        raise ConfigError(f"{where}: must be a mapping of searched keys to values")
+    extra = sorted(set(point) - set(space.params))
+    missing = sorted(set(space.params) - set(point))
+    if extra:
+        raise ConfigError(f"{where}: {', '.join(map(str, extra))} not searched; allowed: {', '.join(space.params)}")
+    if missing:
+        raise ConfigError(f"{where}: missing searched key(s) {', '.join(missing)}")
+    out = {}
+    for key, value in point.items():
+        value = check_value(key, value, f"{where}.{key}")
+        dist = space.params[key]
+        inside = value in dist.args if dist.kind == "choice" else dist.args[0] <= value <= dist.args[1]
+        if not inside:
+            raise ConfigError(f"{where}.{key}: {value!r} is outside its distribution {dist.kind} {dist.args}")
+        out[key] = value
+    return out
 
 
 def load_space(path: str | Path) -> Space:

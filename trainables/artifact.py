@@ -67,7 +67,7 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 
 
 def load_student(path: str | Path) -> tuple[Student, TextEncoder, dict[str, Any]]:
-    """Load a student saved by :func:`save_student`, in eval mode.
+    """Load a student saved by :func:`save_student` (or :func:`trainables.packed.save_packed`), in eval mode.
 
     Returns:
         ``(model, encoder, config)``.
@@ -79,6 +79,10 @@ def load_student(path: str | Path) -> tuple[Student, TextEncoder, dict[str, Any]
     if not path.is_file():
         raise ConfigError(f"student file {str(path)!r} does not exist")
     meta = read_metadata(path)
+    from trainables import packed  # the compressed format (imports this module)
+
+    if meta.get("featherweight_format") == packed.FORMAT:
+        return packed.load_packed(path)
     if meta.get("featherweight_format") != FORMAT:
         raise ConfigError(f"{path}: not a featherweight student file (format {meta.get('featherweight_format')!r})")
     config = json.loads(meta["config"])

@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -83,7 +84,45 @@ PARAMS: dict[str, Param] = {
     "temperature": Param("float", 1.0, low=1e-3, high=100.0, help="softmax temperature of the kl loss"),
     "distill_loss": Param("str", "mse", ("mse", "kl"), help="mse on raw logits, or T^2 * KL on softened outputs"),
     "stages": Param("str", "distill", help="comma-separated subset of distill,prune,quantize, in that order"),
+    # pruning (stage "prune"; trainables/prune.py; Featherweight thesis section 6.2)
+    "sparsity": Param("float", 0.5, low=0.0, high=0.99,
+                      help="fraction of prunable weights set to zero (global scope, and default of each part)"),
+    "sparsity_embedding": Param("float", None, low=0.0, high=0.99,
+                                help="local scope: fraction of embedding weights pruned (default: see prune_targets)"),
+    "sparsity_encoder": Param("float", None, low=0.0, high=0.99,
+                              help="local scope: fraction of encoder (LSTM/RNN) weights pruned (default: see prune_targets)"),
+    "sparsity_classifier": Param("float", None, low=0.0, high=0.99,
+                                 help="local scope: fraction of classifier (Linear) weights pruned (default: see prune_targets)"),
+    "prune_targets": Param("str", "uniform", ("uniform", "thesis"),
+                           help="unset per-part sparsities: uniform = sparsity; thesis = Featherweight Table 6.3"),
+    "prune_method": Param("str", "topv", ("magnitude", "topv"),
+                          help="topv: keep the largest (1 - sparsity) fraction; magnitude: prune |w| < prune_threshold x std"),
+    "prune_threshold": Param("float", 1.0, low=0.0, high=100.0,
+                             help="magnitude method: threshold in standard deviations of the tensor's weights"),
+    "prune_scope": Param("str", "local", ("local", "global"),
+                         help="local: each tensor to its part's target; global: one ranking over all prunable weights"),
+    "prune_structured": Param("bool", False, help="prune whole rows (output units, gate rows, tokens) by L2 norm"),
+    "prune_schedule": Param("str", "oneshot", ("oneshot", "gradual"),
+                            help="oneshot after training, or gradual over finetune_epochs (Zhu and Gupta 2017)"),
+    "finetune_epochs": Param("int", 0, low=0, high=1000,
+                             help="distillation epochs after pruning (gradual: one pruning step per epoch)"),
+    # quantization (stage "quantize"; trainables/quantize.py)
+    "quant_method": Param("str", "affine", ("affine", "int8_dynamic", "fp16"),
+                          help="affine: b-bit per-row weights; int8_dynamic: also torch int8 kernels; fp16: half"),
+    "bits_embedding": Param("int", 8, low=2, high=32, help="embedding weight bits: 2-8 (affine), 16 (fp16) or 32 (kept)"),
+    "bits_encoder": Param("int", 8, low=2, high=32, help="encoder weight bits: 2-8 (affine), 16 (fp16) or 32 (kept)"),
+    "bits_classifier": Param("int", 8, low=2, high=32, help="classifier weight bits: 2-8 (affine), 16 (fp16) or 32 (kept)"),
+    "qat_epochs": Param("int", 0, low=0, high=1000, help="quantization-aware distillation epochs (fake quant + STE)"),
 }
+
+# Per-part pruning targets of the Featherweight thesis, Table 6.3 (fractions): encoder by student,
+# classifier ("Linear"), embedding by type. GloVe is not in the table (prune_targets=thesis refuses it).
+THESIS_SPARSITY = {
+    "encoder": {"bilstm": 0.5, "rnn": 0.1, "ffn": 0.0},
+    "classifier": 0.125,
+    "embedding": {"hash": 0.0, "char": 0.3, "bpe": 0.4},
+}
+BITS_ALLOWED = (2, 3, 4, 5, 6, 7, 8, 16, 32)
 
 _DEFAULT_HIDDEN = {"bilstm": 150, "rnn": 100, "ffn": 100}
 _DEFAULT_CLASSIFIER = {"bilstm": 200, "rnn": 100, "ffn": 0}
@@ -92,12 +131,12 @@ _DEFAULT_CLASSIFIER = {"bilstm": 200, "rnn": 100, "ffn": 0}
 def _check_value(key: str, value: Any, where: str) -> Any:
     spec = PARAMS[key]
     if spec.kind == "int":
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != int(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or float(value) != int(value):
             raise ConfigError(f"{where}: '{key}' must be an integer, got {value!r}")
         value = int(value)
     elif spec.kind == "float":
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: '{key}' must be a number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{where}: '{key}' must be a finite number, got {value!r}")
         value = float(value)
     elif spec.kind == "bool":
         if not isinstance(value, bool):
@@ -179,4 +218,30 @@ def resolve_config(partial: Mapping[str, Any], where: str = "config") -> dict[st
     if cfg["max_length"] == 0:
         cfg["max_length"] = 256 if cfg["embedding"] == "char" else 64
     cfg["stages"] = ",".join(parse_stages(cfg["stages"], where))
+    _resolve_compression(cfg, where)
     return dict(sorted(cfg.items()))
+
+
+def _resolve_compression(cfg: dict[str, Any], where: str) -> None:
+    """Make per-part sparsity targets explicit and check the pruning/quantization keys together."""
+    for part in ("embedding", "encoder", "classifier"):
+        key = f"sparsity_{part}"
+        if cfg[key] is not None:
+            continue
+        if cfg["prune_targets"] == "uniform":
+            cfg[key] = cfg["sparsity"]
+        elif part == "classifier":
+            cfg[key] = THESIS_SPARSITY["classifier"]
+        else:
+            table = THESIS_SPARSITY[part]
+            name = cfg["student"] if part == "encoder" else cfg["embedding"]
+            if name not in table:
+                raise ConfigError(f"{where}: prune_targets=thesis has no {part} target for {name!r} "
+                                  f"(Featherweight Table 6.3); set '{key}'")
+            cfg[key] = table[name]
+    for key in ("bits_embedding", "bits_encoder", "bits_classifier"):
+        if cfg[key] not in BITS_ALLOWED:
+            raise ConfigError(f"{where}: '{key}' = {cfg[key]} is not allowed; allowed: "
+                              f"{', '.join(map(str, BITS_ALLOWED))}")
+    if "prune" in cfg["stages"] and cfg["prune_schedule"] == "gradual" and cfg["finetune_epochs"] < 1:
+        raise ConfigError(f"{where}: prune_schedule=gradual needs finetune_epochs >= 1 (one pruning step per epoch)")

@@ -112,6 +112,28 @@ def predict(model: nn.Module, data: Encoded, batch_size: int = 512) -> np.ndarra
     return torch.cat(out).numpy()
 
 
+def length_bucketed_batches(lengths: torch.Tensor, batch_size: int, generator: torch.Generator,
+                            pool: int = 50) -> list[torch.Tensor]:
+    """Shuffled batches of similar-length rows (fewer padded time steps for the recurrent students).
+
+    Rows are shuffled, cut into pools of ``pool * batch_size`` rows, each pool sorted by length
+    and cut into batches, and the batch order shuffled again; all draws come from ``generator``.
+
+    Args:
+        lengths: (n,) token counts.
+
+    Returns:
+        Index tensors covering every row exactly once.
+    """
+    order = torch.randperm(len(lengths), generator=generator)
+    batches = []
+    for s in range(0, len(order), pool * batch_size):
+        chunk = order[s: s + pool * batch_size]
+        chunk = chunk[torch.argsort(lengths[chunk], stable=True)]
+        batches.extend(chunk[b: b + batch_size] for b in range(0, len(chunk), batch_size))
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+
+
 def make_optimizer(name: str, params: Any, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     """``adam``, ``adamw`` or ``sgd`` (momentum 0.9) over ``params``."""
     if name == "adam":
@@ -166,10 +188,8 @@ def train(model: nn.Module, train_data: Encoded, dev_data: Encoded, config: Mapp
     for epoch in range(1, int(config["epochs"]) + 1):
         t0 = time.perf_counter()
         model.train()
-        order = torch.randperm(len(train_data), generator=gen)
         total, batches = 0.0, 0
-        for s in range(0, len(order), bs):
-            idx = order[s: s + bs]
+        for idx in length_bucketed_batches(train_data.len_a, bs, gen):
             loss = distill_loss(model(*train_data.inputs(idx)), train_data.teacher[idx], train_data.labels[idx],
                                 alpha, kind, temp)
             opt.zero_grad()

@@ -5,9 +5,13 @@
 with ``ray.tune.report`` (with a checkpoint) and logs to one MLflow child run.
 
 Steps: resolve config -> fit the token encoder on the training split -> encode train/dev
--> build the student -> distil with early stopping (energy metered per epoch) -> save the
-best epoch's student -> evaluate it from the saved file -> measure size, speed and
-inference energy -> log everything.
+-> build the student -> the config's ``stages`` in order: distil with early stopping (energy
+metered per epoch), prune (:mod:`trainables.prune`), quantize (:mod:`trainables.quantize`)
+-> after each stage, save its student (dense :mod:`trainables.artifact` after distil, packed
+:mod:`trainables.packed` after prune/quantize), evaluate it from the saved file and measure
+size and speed (logged as ``<stage>_<metric>`` when there are several stages) -> the last
+stage's file is the trial's ``model/`` and its metrics the unprefixed ones -> inference energy
+-> log everything.
 """
 
 from __future__ import annotations
@@ -23,13 +27,15 @@ import numpy as np
 import torch
 import yaml
 
-from trainables import artifact, energy
-from trainables.config import resolve_config
+from trainables import artifact, energy, packed
+from trainables.config import parse_stages, resolve_config
 from trainables.data import Split
 from trainables.distill import encode_split, predict, train
 from trainables.embeddings import build_encoder
 from trainables.metrics import inference_speed, task_metrics
-from trainables.students import build_student, count_params
+from trainables.prune import prune_student
+from trainables.quantize import quantize_student
+from trainables.students import Student, build_student, count_params
 from trainables.tracking import MemoryTracker, Tracker, environment_tags
 
 ReportFn = Callable[[dict[str, Any], "Path | None"], None]
@@ -152,22 +158,39 @@ def _run(cfg: dict[str, Any], data: TrialData, workdir: Path, tracker: Tracker, 
             report(metrics, ckpt_dir)
         meter.start()
 
-    meter.start()
-    result = train(model, train_enc, dev_enc, cfg, on_epoch)
-    meter.stop()  # the window after the last epoch (early-stopping bookkeeping) is not training
+    stages = parse_stages(cfg["stages"])
+    train_time_s, best_epoch = 0.0, None
+    if "distill" in stages:
+        meter.start()
+        result = train(model, train_enc, dev_enc, cfg, on_epoch)
+        meter.stop()  # the window after the last epoch (early-stopping bookkeeping) is not training
+        train_time_s, best_epoch = result.train_time_s, result.best_epoch
 
+    # each stage saves its student and is measured from that file; the last stage's is the trial's
     model_dir = workdir / "model"
-    path = model_dir / artifact.ARTIFACT_NAME
-    sizes = artifact.save_student(model, cfg, encoder, num_labels, pair, path)
-    (model_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=True))
-    # evaluate what was saved, not what is in memory: the logged accuracy is the artifact's
-    saved, saved_encoder, _ = artifact.load_student(path)
-    logits = predict(saved, dev_enc)
-    final: dict[str, Any] = task_metrics(train_split.task, logits, dev_split.labels)
-    if data.dev_mismatched is not None:
-        mm = encode_split(data.dev_mismatched, saved_encoder, cfg["max_length"])
-        final["accuracy_mismatched"] = task_metrics("mnli", predict(saved, mm), data.dev_mismatched.labels)["accuracy"]
-        final["accuracy_mean"] = (final["accuracy"] + final["accuracy_mismatched"]) / 2
+    for i, stage in enumerate(stages):
+        folder = model_dir if i == len(stages) - 1 else workdir / "stages" / stage
+        extra: dict[str, float] = {}
+        if stage == "distill":
+            path = folder / artifact.ARTIFACT_NAME
+            sizes = artifact.save_student(model, cfg, encoder, num_labels, pair, path)
+        else:
+            meter.start()
+            if stage == "prune":
+                out = prune_student(model, cfg, train_enc, dev_enc, _stage_logger(tracker, stage))
+                quantized, runtime, extra = None, "float32", out.sparsity
+            else:
+                out = quantize_student(model, cfg, train_enc, dev_enc, _stage_logger(tracker, stage))
+                quantized, runtime = out.tensors, out.runtime
+            readings.append(meter.stop())
+            train_time_s += out.train_time_s
+            path = folder / packed.ARTIFACT_NAME
+            sizes = packed.save_packed(model, cfg, encoder, num_labels, pair, path, quantized, runtime)
+        (folder / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=True))
+        final, saved = _evaluate_saved(path, sizes, data, dev_enc, cfg, settings.threads or 1)
+        final.update(extra)
+        if len(stages) > 1:
+            tracker.log_metrics({f"{stage}_{k}": v for k, v in final.items()})
 
     inference_meter = energy.make_meter(cpu_watts_per_core=settings.cpu_watts_per_core)
     inference_meter.start()
@@ -175,14 +198,10 @@ def _run(cfg: dict[str, Any], data: TrialData, workdir: Path, tracker: Tracker, 
     inference = inference_meter.stop()
     energy_values, energy_tags = energy.energy_metrics(energy.sum_readings(readings), inference, len(dev_enc),
                                                        settings.pue, settings.kg_per_kwh)
-    num_params, nonzero = count_params(saved)
-    final.update(sizes)
     final.update(energy_values)
-    final.update(inference_speed(saved, dev_enc, threads=settings.threads or 1))
-    final.update(num_params=num_params, nonzero_params=nonzero, fp32_bytes=4 * num_params,
-                 train_time_s=result.train_time_s, best_epoch=result.best_epoch)
-    if data.teacher_bytes:
-        final["compression_ratio"] = data.teacher_bytes / sizes["size_bytes"]
+    final["train_time_s"] = train_time_s
+    if best_epoch is not None:
+        final["best_epoch"] = best_epoch
     tracker.log_metrics(final)
     tracker.set_tags(energy_tags)
     tracker.log_artifact(model_dir, "model")
@@ -190,6 +209,42 @@ def _run(cfg: dict[str, Any], data: TrialData, workdir: Path, tracker: Tracker, 
     if report is not None:
         report(final, None)
     return final
+
+
+def _stage_logger(tracker: Tracker, stage: str) -> Callable[[dict[str, float]], None]:
+    """Per-epoch logger of a compression stage's fine-tuning: ``<stage>_train_loss``,
+    ``<stage>_epoch_accuracy`` (dev, percent) and ``<stage>_epoch_time_s`` at ``step=epoch``."""
+
+    def log(row: dict[str, float]) -> None:
+        tracker.log_metrics({f"{stage}_train_loss": row["train_loss"], f"{stage}_epoch_accuracy": row["accuracy"],
+                             f"{stage}_epoch_time_s": row["epoch_time_s"]}, step=int(row["epoch"]))
+
+    return log
+
+
+def _evaluate_saved(path: Path, sizes: dict[str, int], data: TrialData, dev_enc: Any, cfg: dict[str, Any],
+                    threads: int) -> tuple[dict[str, Any], torch.nn.Module]:
+    """Metrics of the student saved at ``path``, measured on the model loaded from that file.
+
+    Returns:
+        ``(metrics, loaded model)``: task metrics (percent), ``sizes``, ``latency_ms``, ``throughput``,
+        ``num_params``, ``nonzero_params``, ``fp32_bytes`` (4 x num_params) and ``compression_ratio``.
+    """
+    saved, saved_encoder, _ = artifact.load_student(path)
+    metrics: dict[str, Any] = task_metrics(data.train.task, predict(saved, dev_enc), data.dev.labels)
+    if data.dev_mismatched is not None:
+        mm = encode_split(data.dev_mismatched, saved_encoder, cfg["max_length"])
+        metrics["accuracy_mismatched"] = task_metrics("mnli", predict(saved, mm), data.dev_mismatched.labels)["accuracy"]
+        metrics["accuracy_mean"] = (metrics["accuracy"] + metrics["accuracy_mismatched"]) / 2
+    # torch int8 modules hide their weights from parameters(): count on the float32 decoding
+    plain = saved if isinstance(saved, Student) else packed.load_packed(path, runtime=False)[0]
+    num_params, nonzero = count_params(plain)
+    metrics.update(sizes)
+    metrics.update(inference_speed(saved, dev_enc, threads=threads))
+    metrics.update(num_params=num_params, nonzero_params=nonzero, fp32_bytes=4 * num_params)
+    if data.teacher_bytes:
+        metrics["compression_ratio"] = data.teacher_bytes / sizes["size_bytes"]
+    return metrics, saved
 
 
 def tune_trainable(config: dict[str, Any], data: TrialData, tracking: Mapping[str, Any]) -> None:

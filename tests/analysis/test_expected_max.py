@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import CURVE_COLUMNS, budget_axis, expected_max, expected_max_unbiased
+from analysis import CURVE_COLUMNS, budget_axis, expected_max_unbiased
+from analysis.expected_max import expected_max
 from trainables.config import ConfigError
 
 SAMPLES = [

@@ -10,7 +10,6 @@ from PIL import Image
 from analysis import (
     NOT_RANDOM_NOTE,
     budget_axis,
-    expected_max,
     expected_max_unbiased,
     hypervolume_history,
     pareto_ranks,
@@ -19,6 +18,7 @@ from analysis import (
     plot_pairwise,
     plot_skyline,
 )
+from analysis.expected_max import expected_max
 from analysis.plots import _expected_max_figure, _pairwise_figure, _skyline_figure
 from trainables.config import ConfigError
 

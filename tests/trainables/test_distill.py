@@ -1,0 +1,63 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from trainables.config import resolve_config
+from trainables.distill import distill_loss, encode_split, predict, train
+from trainables.embeddings import build_encoder
+from trainables.metrics import accuracy_percent
+from trainables.students import build_student
+
+
+def test_mse_and_kl_losses_match_their_formulas():
+    torch.manual_seed(0)
+    s, t, y = torch.randn(5, 3), torch.randn(5, 3), torch.tensor([0, 1, 2, 1, 0])
+    ce = F.cross_entropy(s, y)
+    assert torch.allclose(distill_loss(s, t, y, 0.3, "mse"), 0.3 * ce + 0.7 * ((s - t) ** 2).mean())
+    T = 3.0
+    p_t, log_p_s = torch.softmax(t / T, -1), torch.log_softmax(s / T, -1)
+    kl = (p_t * (p_t.log() - log_p_s)).sum(-1).mean()
+    assert torch.allclose(distill_loss(s, t, y, 0.0, "kl", T), T * T * kl, atol=1e-6)
+    assert torch.allclose(distill_loss(s, t, y, 1.0, "kl", T), ce)
+    with pytest.raises(ValueError, match="unknown distill_loss"):
+        distill_loss(s, t, y, 0.5, "cosine")
+
+
+def _setup(data, **overrides):
+    cfg = resolve_config({"student": "ffn", "embedding": "hash", "embedding_dim": 16, "vocab_size": 500,
+                          "epochs": 3, "patience": 0, "lr": 3e-3, **overrides})
+    enc = build_encoder("hash", data.train.texts(), cfg["vocab_size"], cfg["hash_token_space"])
+    tr = encode_split(data.train, enc, cfg["max_length"], data.train_logits)
+    dv = encode_split(data.dev, enc, cfg["max_length"])
+    return cfg, build_student(cfg, enc, 2, False), tr, dv
+
+
+def test_training_learns_and_keeps_the_best_epoch(sst2_small):
+    cfg, model, tr, dv = _setup(sst2_small)
+    seen = []
+    result = train(model, tr, dv, cfg, on_epoch=seen.append)
+    accs = [row["accuracy"] for row in result.history]
+    assert [row["epoch"] for row in seen] == [1, 2, 3]
+    assert result.best_accuracy == max(accs) and result.best_epoch == 1 + accs.index(max(accs))
+    assert accuracy_percent(predict(model, dv), sst2_small.dev.labels) == result.best_accuracy
+    assert result.best_accuracy > 60.0  # chance is ~51% on SST-2 dev
+
+
+def test_early_stopping_stops_after_patience(sst2_small):
+    cfg, model, tr, dv = _setup(sst2_small, epochs=8, patience=1, lr=0.05)
+    result = train(model, tr, dv, cfg)
+    accs = [row["accuracy"] for row in result.history]
+    assert len(accs) < 8 and accs[-1] <= max(accs[:-1])
+
+
+def test_training_is_deterministic_for_a_seed(sst2_small):
+    runs = []
+    for _ in range(2):
+        cfg, model, tr, dv = _setup(sst2_small, epochs=1, seed=3)
+        train(model, tr, dv, cfg)
+        runs.append(predict(model, dv))
+    assert np.array_equal(runs[0], runs[1])
+    cfg, model, tr, dv = _setup(sst2_small, epochs=1, seed=4)
+    train(model, tr, dv, cfg)
+    assert not np.array_equal(runs[0], predict(model, dv))

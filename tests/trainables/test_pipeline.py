@@ -1,0 +1,46 @@
+import numpy as np
+import pytest
+
+from trainables.artifact import load_student
+from trainables.distill import encode_split, predict
+from trainables.metrics import accuracy_percent
+from trainables.pipeline import RunSettings, run_trial
+from trainables.tracking import MemoryTracker
+
+FAST = {"student": "ffn", "embedding": "hash", "embedding_dim": 16, "vocab_size": 500, "epochs": 2, "lr": 3e-3}
+
+
+def test_trial_metrics_artifact_and_tracking(sst2_small, tmp_path):
+    tracker, reports = MemoryTracker(), []
+    final = run_trial(FAST, sst2_small, tmp_path, tracker, RunSettings(tags={"search_id": "s1"}),
+                      report=lambda m, ckpt: reports.append((m, ckpt)))
+    for key in ("accuracy", "num_params", "size_bytes", "gzip_bytes", "train_time_s", "latency_ms", "throughput",
+                "compression_ratio", "fp32_bytes"):
+        assert final[key] > 0, key
+    # no meter works on this CPU box: energy is labelled unavailable and absent, never 0
+    assert final["energy_method"] == tracker.tags["energy_method"] == "unavailable"
+    assert "energy_j" not in final and "energy_j" not in tracker.metrics
+    assert tracker.status == "FINISHED" and tracker.params["student"] == "ffn" and tracker.params["hidden_dim"] == 100
+    assert {"search_id", "seed", "data_hash", "teacher_id", "hostname", "cpu", "gpu", "package_versions"} <= set(tracker.tags)
+    # one report per epoch (with a checkpoint) and the final one
+    assert [ckpt is not None for _, ckpt in reports] == [True] * len(reports[:-1]) + [False]
+    assert len(reports) - 1 == len(tracker.metrics["train_loss"]) <= 2
+    # the saved model reproduces the logged accuracy
+    model, enc, cfg = load_student(tmp_path / "model" / "student.safetensors")
+    dev = encode_split(sst2_small.dev, enc, cfg["max_length"])
+    assert accuracy_percent(predict(model, dev), sst2_small.dev.labels) == final["accuracy"]
+    assert final["size_bytes"] == (tmp_path / "model" / "student.safetensors").stat().st_size
+    assert final["compression_ratio"] == pytest.approx(90_855_944 / final["size_bytes"])
+
+
+def test_estimate_meter_is_labelled(sst2_small, tmp_path):
+    final = run_trial({**FAST, "epochs": 1}, sst2_small, tmp_path, settings=RunSettings(cpu_watts_per_core=10.0))
+    assert final["energy_method"] == "estimate" and final["energy_j"] > 0 and final["co2e_kg"] > 0
+
+
+def test_failed_trial_is_marked_failed(sst2_small, tmp_path):
+    tracker = MemoryTracker()
+    bad = sst2_small.__class__(**{**sst2_small.__dict__, "train_logits": np.zeros((5, 2), np.float32)})
+    with pytest.raises(Exception):
+        run_trial(FAST, bad, tmp_path, tracker)
+    assert tracker.status == "FAILED" and tracker.tags["error"]
