@@ -29,7 +29,7 @@ Example:
 
 from analysis.expected_max import CURVE_COLUMNS, budget_axis, expected_max_unbiased
 from analysis.expected_max import expected_max as expected_max_curve
-from analysis.export import MODEL_ARTIFACT, Selector, export_configs, parse_selector, replay
+from analysis.export import Selector, export_configs, parse_selector, replay
 from analysis.pareto import (
     DIRECTIONS,
     default_reference,
@@ -51,7 +51,6 @@ from analysis.runs import PARAM_PREFIX, RUN_STATUSES, TAG_PREFIX, find_parent_ru
 __all__ = [
     "CURVE_COLUMNS",
     "DIRECTIONS",
-    "MODEL_ARTIFACT",
     "NOT_RANDOM_NOTE",
     "PARAM_PREFIX",
     "RUN_STATUSES",

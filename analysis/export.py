@@ -19,7 +19,8 @@ Each exported YAML (``<selector>-trial<order>-<run id prefix>.yaml``) holds ``co
 full resolved trial config, typed, from the run's params via
 :func:`trainables.config.resolve_config`), ``source_run_id``, ``experiment``,
 ``tracking_uri``, ``metrics`` (the run's final metrics), ``model_uri``
-(``runs:/<id>/model/student.safetensors``) and, for provenance, ``selector``, ``search_id``,
+(``runs:/<id>/model/student.safetensors``, or ``student.packed.safetensors`` after a prune or
+quantize stage) and, for provenance, ``selector``, ``search_id``,
 ``parent_run_id`` and ``trial_id``.
 
 :func:`replay` re-runs such a config with :func:`trainables.pipeline.run_trial` as a new,
@@ -57,12 +58,9 @@ from analysis.runs import _final_metrics, _load, _metric_columns, _objectives, _
 from search.mlflow_store import ROLE_TAG
 from trainables.config import PARAMS, ConfigError, resolve_config
 
-__all__ = ["Selector", "parse_selector", "export_configs", "replay", "MODEL_ARTIFACT"]
+__all__ = ["Selector", "parse_selector", "export_configs", "replay"]
 
 log = logging.getLogger(__name__)
-
-MODEL_ARTIFACT = "model/student.safetensors"
-"""Artifact path of a trial's student inside its run."""
 
 _OPS = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt}
 _OP_WORDS = {"<=": "le", "<": "lt", ">=": "ge", ">": "gt"}
@@ -190,6 +188,28 @@ def _select(df: pd.DataFrame, sel: Selector, objectives: Mapping[str, str] | Non
     return chosen
 
 
+def _minimal_config(config: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """``config`` without the student-dependent keys whose value :func:`resolve_config` would
+    derive anyway (keys declared with default ``None``, e.g. ``classifier_dim``).
+
+    A resolved config does not always pass :func:`resolve_config` again (an ``ffn`` student
+    resolves ``classifier_dim`` to 0, below the key's declared minimum of 1); its minimal form
+    does, and resolves to the same config.
+
+    Raises:
+        ConfigError: an invalid config.
+    """
+    derived = [k for k, spec in PARAMS.items() if spec.default is None]
+    base = {k: v for k, v in config.items() if k not in derived}
+    implied = resolve_config(base, where)
+    return {**base, **{k: config[k] for k in derived if k in config and config[k] != implied[k]}}
+
+
+def _resolve(config: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """:func:`resolve_config` of a (possibly already resolved) config: see :func:`_minimal_config`."""
+    return resolve_config(_minimal_config(config, where), where)
+
+
 def _config_from_params(params: Mapping[str, str], where: str) -> dict[str, Any]:
     """The typed, resolved trial config of a run's params (MLflow stores strings).
 
@@ -213,7 +233,19 @@ def _config_from_params(params: Mapping[str, str], where: str) -> dict[str, Any]
                 typed[key] = raw
         except (ValueError, KeyError):
             raise ConfigError(f"{where}: param {key}={raw!r} is not a valid {spec.kind}") from None
-    return resolve_config(typed, where)
+    return _resolve(typed, where)
+
+
+def _model_uri(client: Any, run_id: str, config: Mapping[str, Any]) -> str:
+    """``runs:/<id>/model/<student file>``: the ``.safetensors`` file logged under ``model/``, or
+    (nothing logged) the name the pipeline gives the last stage's student."""
+    files = [a.path for a in client.list_artifacts(run_id, "model") if a.path.endswith(".safetensors")]
+    if files:
+        return f"runs:/{run_id}/{sorted(files)[0]}"
+    from trainables import artifact, packed
+
+    last = config["stages"].split(",")[-1]
+    return f"runs:/{run_id}/model/{artifact.ARTIFACT_NAME if last == 'distill' else packed.ARTIFACT_NAME}"
 
 
 def export_configs(
@@ -265,7 +297,7 @@ def export_configs(
             "experiment": exp.name,
             "tracking_uri": uri,
             "metrics": {c: float(row[c]) for c in metric_cols if pd.notna(row[c])},
-            "model_uri": f"runs:/{run_id}/{MODEL_ARTIFACT}",
+            "model_uri": _model_uri(client, run_id, config),
             "selector": select.strip(),
             "search_id": search,
             "parent_run_id": parent.info.run_id,
@@ -366,7 +398,8 @@ def replay(
 
     path = Path(config_yaml)
     doc = _read_export(path)
-    config = resolve_config(doc["config"], str(path))
+    config = _minimal_config(doc["config"], str(path))  # run_trial resolves it to the exported config
+    task = resolve_config(config, str(path))["task"]
     source_id = str(doc["source_run_id"])
     uri_arg = tracking_uri or doc.get("tracking_uri")
     if not uri_arg:
@@ -390,7 +423,7 @@ def replay(
             threads = 1
     exp_id = _experiment(client, uri, experiment).experiment_id if experiment else source.info.experiment_id
 
-    data = build_trial_data(config["task"], data_dir, teacher, cache_dir)
+    data = build_trial_data(task, data_dir, teacher, cache_dir)
     src_tags = source.data.tags
     data_matches = (src_tags.get("data_hash") in (None, data.train.data_hash)
                     and src_tags.get("dev_data_hash") in (None, data.dev.data_hash))

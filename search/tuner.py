@@ -159,8 +159,9 @@ def plan_search(opts: SearchOptions) -> Plan:
     check_address(opts.address)
     dropped = []
     energy_objectives = [m for m in objectives if m in ENERGY_OBJECTIVES]
-    if energy_objectives and opts.gpus_per_trial == 0:
-        meter = energy.make_meter(cpu_watts_per_core=opts.cpu_watts_per_core)
+    if energy_objectives:  # probe the meter the trials will use (NVML only for GPU trials)
+        meter = energy.make_meter(gpu_indices=None if opts.gpus_per_trial > 0 else [],
+                                  cpu_watts_per_core=opts.cpu_watts_per_core)
         if not meter.available:
             if opts.require_energy:
                 raise ConfigError(f"objective(s) {', '.join(energy_objectives)} need an energy meter, and none "

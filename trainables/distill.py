@@ -49,13 +49,16 @@ class Encoded:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def inputs(self, idx: torch.Tensor | slice) -> tuple[torch.Tensor, ...]:
-        """Student inputs of rows ``idx``, each side cut to the longest sentence of the batch."""
+    def inputs(self, idx: torch.Tensor | slice, device: torch.device | str = "cpu") -> tuple[torch.Tensor, ...]:
+        """Student inputs of rows ``idx`` on ``device``, each side cut to the longest sentence of the batch.
+
+        Lengths stay on the CPU (``pack_padded_sequence`` wants them there).
+        """
         la = self.len_a[idx]
-        out = [self.ids_a[idx][:, : int(la.max())], la]
+        out = [self.ids_a[idx][:, : int(la.max())].to(device), la]
         if self.ids_b is not None:
             lb = self.len_b[idx]
-            out += [self.ids_b[idx][:, : int(lb.max())], lb]
+            out += [self.ids_b[idx][:, : int(lb.max())].to(device), lb]
         return tuple(out)
 
 
@@ -106,8 +109,9 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Ten
 def predict(model: nn.Module, data: Encoded, batch_size: int = 512) -> np.ndarray:
     """Logits (n, num_labels) of ``model`` on ``data``, in eval mode."""
     was_training = model.training
+    device = next(model.parameters()).device
     model.eval()
-    out = [model(*data.inputs(slice(s, s + batch_size))) for s in range(0, len(data), batch_size)]
+    out = [model(*data.inputs(slice(s, s + batch_size), device)).float().cpu() for s in range(0, len(data), batch_size)]
     model.train(was_training)
     return torch.cat(out).numpy()
 
@@ -166,6 +170,8 @@ def train(model: nn.Module, train_data: Encoded, dev_data: Encoded, config: Mapp
           on_epoch: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
     """Distil ``model`` on ``train_data`` and leave it holding the best dev epoch's weights.
 
+    Trains on the device ``model`` is on (CPU or CUDA); data moves there batch by batch.
+
     Uses config keys ``seed, optimizer, lr, weight_decay, batch_size, epochs, patience, alpha,
     distill_loss, temperature``. ``train_data.teacher`` must hold the teacher logits.
 
@@ -179,6 +185,7 @@ def train(model: nn.Module, train_data: Encoded, dev_data: Encoded, config: Mapp
     if train_data.teacher is None:
         raise ValueError("train_data has no teacher logits")
     torch.use_deterministic_algorithms(True, warn_only=True)
+    device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(int(config["seed"]))
     opt = make_optimizer(config["optimizer"], model.parameters(), float(config["lr"]), float(config["weight_decay"]))
     bs, patience = int(config["batch_size"]), int(config["patience"])
@@ -190,8 +197,8 @@ def train(model: nn.Module, train_data: Encoded, dev_data: Encoded, config: Mapp
         model.train()
         total, batches = 0.0, 0
         for idx in length_bucketed_batches(train_data.len_a, bs, gen):
-            loss = distill_loss(model(*train_data.inputs(idx)), train_data.teacher[idx], train_data.labels[idx],
-                                alpha, kind, temp)
+            loss = distill_loss(model(*train_data.inputs(idx, device)), train_data.teacher[idx].to(device),
+                                train_data.labels[idx].to(device), alpha, kind, temp)
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -69,6 +69,7 @@ class RunSettings:
         cpu_watts_per_core: enables the labelled CPU-time energy ``estimate`` (watts per core).
         pue, kg_per_kwh: CO2e factors (Best Way to Squeeze thesis, section 3.4).
         threads: torch intra-op threads (default: CPUs Ray assigned, else 1).
+        device: where to train (``cpu`` or ``cuda``); evaluation and speed are measured on CPU.
         tags: extra tags for every trial run (``search_id``, ``git_commit``...).
     """
 
@@ -77,6 +78,7 @@ class RunSettings:
     kg_per_kwh: float = energy.DEFAULT_KG_PER_KWH
     threads: int | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    device: str = "cpu"
 
 
 def seed_everything(seed: int) -> None:
@@ -139,9 +141,11 @@ def _run(cfg: dict[str, Any], data: TrialData, workdir: Path, tracker: Tracker, 
     train_enc = encode_split(train_split, encoder, cfg["max_length"], data.train_logits, rows)
     dev_enc = encode_split(dev_split, encoder, cfg["max_length"])
     num_labels, pair = train_split.num_labels, train_split.is_pair
-    model = build_student(cfg, encoder, num_labels, pair)
+    model = build_student(cfg, encoder, num_labels, pair).to(settings.device)
 
-    meter = energy.make_meter(cpu_watts_per_core=settings.cpu_watts_per_core)
+    # the GPUs this trial trains on (none on CPU: an idle GPU's draw is not this trial's)
+    meter = energy.make_meter(gpu_indices=None if settings.device == "cuda" else [],
+                              cpu_watts_per_core=settings.cpu_watts_per_core)
     readings: list[energy.EnergyReading] = []
     ckpt_dir = workdir / "checkpoint"
 
@@ -192,7 +196,7 @@ def _run(cfg: dict[str, Any], data: TrialData, workdir: Path, tracker: Tracker, 
         if len(stages) > 1:
             tracker.log_metrics({f"{stage}_{k}": v for k, v in final.items()})
 
-    inference_meter = energy.make_meter(cpu_watts_per_core=settings.cpu_watts_per_core)
+    inference_meter = energy.make_meter(gpu_indices=[], cpu_watts_per_core=settings.cpu_watts_per_core)  # CPU inference
     inference_meter.start()
     predict(saved, dev_enc)
     inference = inference_meter.stop()
@@ -266,7 +270,8 @@ def tune_trainable(config: dict[str, Any], data: TrialData, tracking: Mapping[st
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
     settings = RunSettings(settings.cpu_watts_per_core, settings.pue, settings.kg_per_kwh,
                            settings.threads or max(1, int(cpus)),
-                           {**settings.tags, "trial_id": ctx.get_trial_id()})
+                           {**settings.tags, "trial_id": ctx.get_trial_id()},
+                           device="cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu")
     tracker = MlflowTracker(tracking["tracking_uri"], tracking["experiment_id"], tracking["parent_run_id"])
 
     def report(metrics: dict[str, Any], ckpt: Path | None) -> None:
