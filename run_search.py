@@ -69,20 +69,31 @@ def _cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _scalar(text: str) -> object:
+    """``"2"`` -> 2, ``"1e-3"`` -> 0.001, ``"true"`` -> True, anything else stays a string."""
+    import yaml
+
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    value = yaml.safe_load(text) if text else ""
+    return value if isinstance(value, (bool, str)) else text
+
+
 def parse_overrides(items: list[str]) -> dict[str, object]:
-    """``["epochs=1", "student=ffn"]`` -> ``{"epochs": 1, "student": "ffn"}`` (values parsed as YAML scalars).
+    """``["epochs=1", "student=ffn"]`` -> ``{"epochs": 1, "student": "ffn"}`` (numbers and booleans parsed).
 
     Raises:
         ConfigError: an item without ``=`` (keys and values are checked with the search space).
     """
-    import yaml
-
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r} must look like KEY=VALUE")
-        out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+        out[key.strip()] = _scalar(value.strip())
     return out
 
 
