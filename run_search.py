@@ -15,6 +15,7 @@ import logging
 import sys
 from dataclasses import fields
 
+from analysis import cli as analysis_cli
 from trainables.config import ConfigError
 
 
@@ -133,17 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_search(sub)
     _add_teacher(sub)
-    _add_later_commands(sub)
+    analysis_cli.add_commands(sub)  # analyze, export, replay
     return parser
-
-
-def _add_later_commands(sub: argparse._SubParsersAction) -> None:
-    """Subcommands that live in other packages register here (analyze, export, replay, ...)."""
-    try:
-        from analysis.cli import add_commands
-    except ImportError:
-        return
-    add_commands(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -55,6 +55,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--teacher", default=None, help="teacher folder or hub name (default: the source search's)")
     p.add_argument("--cache-dir", default=None, help="teacher-logit cache (default: the source search's)")
     p.add_argument("--workdir", default=None, help="keep the trial folder here (default: a temporary one)")
+    p.add_argument("--device", default=None, choices=("cpu", "cuda"),
+                   help="training device (default: cuda when the source search used GPUs and one is here)")
     p.add_argument("--max-diff-pp", type=float, default=None,
                    help="exit 1 when |accuracy difference| exceeds this many percentage points")
     p.set_defaults(func=_cmd_replay)
@@ -101,7 +103,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from analysis.export import replay
 
     result = replay(args.config, tracking_uri=args.tracking_uri, experiment=args.experiment,
-                    data_dir=args.data_dir, teacher=args.teacher, workdir=args.workdir, cache_dir=args.cache_dir)
+                    data_dir=args.data_dir, teacher=args.teacher, workdir=args.workdir, cache_dir=args.cache_dir,
+                    device=args.device)
     diff = result["accuracy_diff_pp"]
     if args.max_diff_pp is not None and (diff is None or abs(diff) > args.max_diff_pp):
         print(f"replay differs from the source by {diff} pp (allowed {args.max_diff_pp})")

@@ -361,6 +361,7 @@ def replay(
     workdir: str | os.PathLike | None = None,
     cache_dir: str | None = None,
     threads: int | None = None,
+    device: str | None = None,
 ) -> dict[str, Any]:
     """Re-run an exported trial config as a new MLflow run and compare it with the original.
 
@@ -377,13 +378,16 @@ def replay(
             else the user cache.
         threads: torch threads; ``None``: the source search's ``cpus_per_trial`` (as its
             trials used), else 1. Determinism holds for the same thread count.
+        device: ``cpu`` or ``cuda`` for training; ``None``: ``cuda`` when the source search
+            gave trials GPUs (``gpus_per_trial`` > 0) and CUDA is available, else ``cpu``.
+            Only CPU trials are bit-for-bit repeatable.
 
     Returns:
         ``{"run_id", "source_run_id", "experiment_id", "metrics" (the replay's final metrics),
         "original" (the source's final metrics), "diff" (replay - original per shared numeric
         metric; percent metrics in percentage points), "accuracy_diff_pp" (or ``None``),
-        "data_matches" (the train/dev data hashes equal the source's)}``. The comparison is
-        also printed.
+        "data_matches" (the train/dev data hashes equal the source's), "device"}``. The
+        comparison is also printed.
 
     Raises:
         ConfigError: bad YAML or config, store/source run/experiment not found, no data folder
@@ -421,6 +425,16 @@ def replay(
             threads = max(1, int(float(parent_params.get("cpus_per_trial", "1"))))
         except ValueError:
             threads = 1
+    if device is None:
+        import torch
+
+        try:
+            gpus = float(parent_params.get("gpus_per_trial", "0"))
+        except ValueError:
+            gpus = 0.0
+        device = "cuda" if gpus > 0 and torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda"):
+        raise ConfigError(f"device must be cpu or cuda, got {device!r}")
     exp_id = _experiment(client, uri, experiment).experiment_id if experiment else source.info.experiment_id
 
     data = build_trial_data(task, data_dir, teacher, cache_dir)
@@ -429,7 +443,7 @@ def replay(
                     and src_tags.get("dev_data_hash") in (None, data.dev.data_hash))
     if not data_matches:
         log.warning("replay data differs from the source trial's (data_hash/dev_data_hash); metrics will differ")
-    settings = RunSettings(threads=threads, tags={
+    settings = RunSettings(threads=threads, device=device, tags={
         ROLE_TAG: "replay", "source_run_id": source_id,
         "source_search_id": src_tags.get("search_id", ""), "source_trial_id": src_tags.get("trial_id", ""),
         "source_experiment_id": source.info.experiment_id})
@@ -447,4 +461,4 @@ def replay(
     return {"run_id": tracker.run_id, "source_run_id": source_id, "experiment_id": exp_id,
             "metrics": {k: v for k, v in final.items()}, "original": original, "diff": diff,
             "accuracy_diff_pp": diff.get("accuracy", diff.get(metric) if metric else None),
-            "data_matches": data_matches}
+            "data_matches": data_matches, "device": device}

@@ -3,7 +3,9 @@
 :func:`analyze` reads the finished trials of one search (:func:`analysis.runs.load_trials`),
 ranks them by non-dominated sorting over the objectives (:func:`analysis.pareto.pareto_ranks`)
 and writes the rank back to every trial run as the tag ``pareto_rank`` (``-1``: an objective
-value is missing). It then writes to ``out_dir``:
+value is missing), and the objectives ranked by (``accuracy:max,size_bytes:min``) to the parent
+run as the tag ``pareto_objectives`` (a later analysis with other objectives overwrites both).
+It then writes to ``out_dir``:
 
 ===========================  ============================================================
 ``trials.csv``               every loaded trial with its ``pareto_rank``
@@ -83,8 +85,9 @@ def _emp_metric(objectives: Mapping[str, str], df: pd.DataFrame, emp_metric: str
 
 
 def _emp_plots(df: pd.DataFrame, groups: pd.Series, metric: str, warn: bool, out: Path,
-               notes: list[str]) -> list[Path]:
-    """The four EMP PNGs (2 estimators x {trials, cumulative train time}); appends skip reasons to ``notes``."""
+               notes: list[str]) -> list[tuple[Path, str]]:
+    """The four EMP PNGs (2 estimators x {trials, cumulative train time}) with captions;
+    appends skip reasons to ``notes``."""
     from analysis.plots import _label
 
     curves: dict[str, dict[str, pd.DataFrame]] = {"dodge": {}, "tang": {}}
@@ -105,17 +108,20 @@ def _emp_plots(df: pd.DataFrame, groups: pd.Series, metric: str, warn: bool, out
     paths = []
     y_label = f"expected max {_label(metric)}"
     for key, name in (("dodge", DODGE), ("tang", TANG)):
-        paths.append(plot_expected_max(curves[key], name, "trials", path=out / f"emp_{key}_trials.png",
-                                       warn_not_random=warn, y_label=y_label))
+        title = f"Expected best {metric} of n trials ({name.split(' (')[0]})"
+        paths.append((plot_expected_max(curves[key], name, "trials", path=out / f"emp_{key}_trials.png",
+                                        warn_not_random=warn, y_label=y_label, title=title),
+                      f"expected max {metric} vs number of trials: {name}"))
         timed = {}
         for label, curve in curves[key].items():
             cost = costs.get(label)
             if cost is not None and np.isfinite(cost.to_numpy(dtype=float)).any() and (cost > 0).any():
                 timed[label] = budget_axis(curve, cost.to_numpy(dtype=float), column="train_time_s")
         if timed:
-            paths.append(plot_expected_max(timed, name, "cumulative training time (s)", x="train_time_s",
-                                           path=out / f"emp_{key}_time.png", warn_not_random=warn,
-                                           y_label=y_label))
+            paths.append((plot_expected_max(timed, name, "cumulative training time (s)", x="train_time_s",
+                                            path=out / f"emp_{key}_time.png", warn_not_random=warn,
+                                            y_label=y_label, title=title),
+                          f"expected max {metric} vs cumulative train_time_s (trials x mean time per trial): {name}"))
         elif key == "dodge":
             notes.append("no trial logged train_time_s: no expected-max plot against training time")
     return paths
@@ -249,6 +255,7 @@ def analyze(
     ranks = pareto_ranks(values, directions)
     df["pareto_rank"] = ranks
     _tag_ranks(client, df, ranks)
+    client.set_tag(parent.info.run_id, "pareto_objectives", ",".join(f"{k}:{v}" for k, v in objs.items()))
     warn = parent.data.tags.get("random_search", "").lower() != "true"
 
     out = Path(out_dir)
@@ -278,8 +285,7 @@ def analyze(
                                              x_label="trials started (failed ones included)",
                                              path=out / "hypervolume.png"),
                     f"hypervolume, reference {', '.join(f'{k}={v:.6g}' for k, v in zip(objs, ref))}"))
-    for p in _emp_plots(df, groups, metric, warn, out, notes):
-        figures.append((p, p.stem.replace("_", " ")))
+    figures += _emp_plots(df, groups, metric, warn, out, notes)
     files += [p for p, _ in figures]
 
     summary = (df.assign(group=groups).groupby("group", sort=True)

@@ -72,9 +72,9 @@ def main(argv: list[str] | None = None) -> dict:
         tracker, t0 = MemoryTracker(), time.perf_counter()
         final = run_trial(cfg, data, workdir / f"bits{bits}", tracker, RunSettings(threads=args.threads))
         last = {k: v[-1][1] for k, v in tracker.metrics.items()}
-        run = {stage: {m: last[f"{stage}_{m}"] for m in SHOWN} for stage in STAGES}
+        run = {stage: {m: _num(last[f"{stage}_{m}"]) for m in SHOWN} for stage in STAGES}
         run["prune"].update({k.replace("prune_", ""): v for k, v in last.items() if k.startswith("prune_sparsity")})
-        run["fp32_bytes"], run["qat_epochs"], run["wall_s"] = final["fp32_bytes"], cfg["qat_epochs"], time.perf_counter() - t0
+        run["fp32_bytes"], run["qat_epochs"], run["wall_s"] = int(final["fp32_bytes"]), cfg["qat_epochs"], time.perf_counter() - t0
         run["breakdown"] = packed.size_breakdown(workdir / f"bits{bits}" / "model" / packed.ARTIFACT_NAME)
         if bits == 8:  # the same file through torch's int8 dynamic kernels (LSTM + Linear)
             plain, enc, saved_cfg = packed.load_packed(workdir / "bits8" / "model" / packed.ARTIFACT_NAME, runtime=False)
@@ -92,17 +92,21 @@ def main(argv: list[str] | None = None) -> dict:
     return results
 
 
+def _num(v: float) -> float | int:
+    return int(v) if float(v).is_integer() else v
+
+
 def report(bits: int, run: dict) -> str:
     d, p, q = run["distill"], run["prune"], run["quantize"]
     lines = [f"== BiLSTM glove-100, 50% Top-V (local, every part) + {bits}-bit per-row affine"
              f" (QAT epochs {run['qat_epochs']}), {run['wall_s']:.0f} s =="]
-    lines.append(f"{'stage':<10}{'acc %':>8}{'size B':>10}{'gzip B':>10}{'nonzero':>10}{'lat ms':>8}{'ex/s':>9}")
+    lines.append(f"{'stage':<10}{'acc %':>8}{'size B':>11}{'gzip B':>11}{'nonzero':>10}{'lat ms':>8}{'ex/s':>9}")
     for name, m in (("fp32", d), ("pruned", p), (f"{bits}-bit", q)):
-        lines.append(f"{name:<10}{m['accuracy']:>8.2f}{m['size_bytes']:>10,}{m['gzip_bytes']:>10,}"
+        lines.append(f"{name:<10}{m['accuracy']:>8.2f}{m['size_bytes']:>11,}{m['gzip_bytes']:>11,}"
                      f"{m['nonzero_params']:>10,}{m['latency_ms']:>8.2f}{m['throughput']:>9.0f}")
     if "int8_dynamic" in run:
         r = run["int8_dynamic"]
-        lines.append(f"{'int8 dyn':<10}{r['accuracy']:>8.2f}{'(same file)':>20}{'':>10}{r['latency_ms']:>8.2f}"
+        lines.append(f"{'int8 dyn':<10}{r['accuracy']:>8.2f}{'(same file)':>22}{'':>10}{r['latency_ms']:>8.2f}"
                      f"{r['throughput']:>9.0f}")
     lines.append(f"size: {q['size_bytes'] / d['size_bytes']:.1%} of the fp32 file ({d['size_bytes']:,} B), "
                  f"{q['size_bytes'] / run['fp32_bytes']:.1%} of 4 x params ({run['fp32_bytes']:,} B); "

@@ -225,12 +225,16 @@ def build_trial_data(task: str, data_dir: str | None, teacher: str, cache_dir: s
         except ConfigError:
             log.warning("mnli dev_mismatched is not available; reporting matched accuracy only")
     logits = [teacher_logits(teacher, s, cache_dir) for s in (train, dev)]
-    return TrialData(train, dev, logits[0], logits[1], teacher_id(teacher), teacher_size_bytes(teacher), mismatched)
+    return TrialData(train, dev, logits[0], logits[1], teacher_id(teacher), teacher_size_bytes(teacher), mismatched,
+                     teacher_path=_local_or_name(teacher))
 
 
 def load_trial_data(plan: Plan) -> Any:
     """Load the splits and teacher logits once, in the driver."""
-    return build_trial_data(plan.task, plan.options.data_dir, plan.teacher, plan.options.cache_dir)
+    from trainables.augment import prepare_for_space  # + the augmented transfer sets the space can ask for
+
+    data = build_trial_data(plan.task, plan.options.data_dir, plan.teacher, plan.options.cache_dir)
+    return prepare_for_space(data, plan.space, plan.teacher, plan.options.cache_dir, plan.options.cpu_watts_per_core)
 
 
 def _local_or_name(path_or_name: str) -> str:

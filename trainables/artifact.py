@@ -42,6 +42,10 @@ def save_student(model: Student, config: Mapping[str, Any], encoder: TextEncoder
     Returns:
         ``size_bytes``, ``gzip_bytes`` (file sizes, bytes) and ``weights_bytes`` (tensor bytes).
     """
+    if config.get("student") == "transformer":  # its own format (tokenizer + Hugging Face config)
+        from trainables.transformer_student import save_transformer
+
+        return save_transformer(model, config, encoder, num_labels, pair, path)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     meta = {
         "featherweight_format": FORMAT,
@@ -83,6 +87,10 @@ def load_student(path: str | Path) -> tuple[Student, TextEncoder, dict[str, Any]
 
     if meta.get("featherweight_format") == packed.FORMAT:
         return packed.load_packed(path)
+    from trainables import transformer_student
+
+    if meta.get("featherweight_format") == transformer_student.FORMAT:
+        return transformer_student.load_transformer(path, meta)
     if meta.get("featherweight_format") != FORMAT:
         raise ConfigError(f"{path}: not a featherweight student file (format {meta.get('featherweight_format')!r})")
     config = json.loads(meta["config"])

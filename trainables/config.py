@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 TASKS = ("sst2", "qqp", "mnli")
-STUDENTS = ("bilstm", "rnn", "ffn")
+STUDENTS = ("bilstm", "rnn", "ffn", "transformer")
 EMBEDDINGS = ("hash", "char", "bpe", "glove")
 STAGES = ("distill", "prune", "quantize")
 
@@ -67,8 +67,8 @@ PARAMS: dict[str, Param] = {
                               help="hash: ids words are hashed into (importance rows); 0 = 4 x vocab_size"),
     "hidden_dim": Param("int", None, low=1, high=8192,
                         help="encoder hidden size (default bilstm 150, rnn 100, ffn 100)"),
-    "classifier_dim": Param("int", None, low=1, high=8192,
-                            help="classifier hidden size (default bilstm 200, rnn 100; unused by ffn)"),
+    "classifier_dim": Param("int", None, low=0, high=8192,
+                            help="classifier hidden size (default bilstm 200, rnn 100; ffn: 0, unused)"),
     "pooling": Param("str", "last", ("last", "max"), help="bilstm/rnn sentence vector: last states or max over time"),
     "max_length": Param("int", 0, low=0, high=4096, help="tokens kept per sentence; 0 = 64 (char: 256)"),
     "dropout": Param("float", 0.1, low=0.0, high=0.95, help="dropout probability"),
@@ -84,6 +84,16 @@ PARAMS: dict[str, Param] = {
     "temperature": Param("float", 1.0, low=1e-3, high=100.0, help="softmax temperature of the kl loss"),
     "distill_loss": Param("str", "mse", ("mse", "kl"), help="mse on raw logits, or T^2 * KL on softened outputs"),
     "stages": Param("str", "distill", help="comma-separated subset of distill,prune,quantize, in that order"),
+    # transfer-set augmentation (trainables/augment.py; Tang et al. 2019, section 3.3)
+    "augment_n": Param("int", 0, low=0, high=1000,
+                       help="synthetic examples per training sentence, labelled by the teacher; 0 = off"),
+    "augment_p": Param("float", 0.1, low=0.0, high=0.5,
+                       help="per-word probability of masking, and of GloVe-neighbour replacement (each)"),
+    # truncated-transformer student (trainables/transformer_student.py; Sun et al. 2019)
+    "transformer_layers": Param("int", 2, low=1, high=48,
+                                help="student=transformer: the teacher's first k encoder layers kept"),
+    "pkd_beta": Param("float", 0.0, low=0.0, high=100_000.0,
+                      help="student=transformer: weight of the Patient-KD [CLS] loss (PKD-Skip); 0 = off"),
     # pruning (stage "prune"; trainables/prune.py; Featherweight thesis section 6.2)
     "sparsity": Param("float", 0.5, low=0.0, high=0.99,
                       help="fraction of prunable weights set to zero (global scope, and default of each part)"),
@@ -124,8 +134,8 @@ THESIS_SPARSITY = {
 }
 BITS_ALLOWED = (2, 3, 4, 5, 6, 7, 8, 16, 32)
 
-_DEFAULT_HIDDEN = {"bilstm": 150, "rnn": 100, "ffn": 100}
-_DEFAULT_CLASSIFIER = {"bilstm": 200, "rnn": 100, "ffn": 0}
+_DEFAULT_HIDDEN = {"bilstm": 150, "rnn": 100, "ffn": 100, "transformer": 0}  # transformer: the teacher's (unused)
+_DEFAULT_CLASSIFIER = {"bilstm": 200, "rnn": 100, "ffn": 0, "transformer": 0}
 
 
 def _check_value(key: str, value: Any, where: str) -> Any:
@@ -218,6 +228,8 @@ def resolve_config(partial: Mapping[str, Any], where: str = "config") -> dict[st
     if cfg["max_length"] == 0:
         cfg["max_length"] = 256 if cfg["embedding"] == "char" else 64
     cfg["stages"] = ",".join(parse_stages(cfg["stages"], where))
+    if student == "transformer" and cfg["stages"] != "distill":
+        raise ConfigError(f"{where}: student=transformer supports stages=distill only (no prune/quantize)")
     _resolve_compression(cfg, where)
     return dict(sorted(cfg.items()))
 

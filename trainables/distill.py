@@ -167,7 +167,8 @@ class TrainResult:
 
 
 def train(model: nn.Module, train_data: Encoded, dev_data: Encoded, config: Mapping[str, Any],
-          on_epoch: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
+          on_epoch: Callable[[dict[str, float]], None] | None = None,
+          aux_loss: Callable[[torch.Tensor], torch.Tensor] | None = None) -> TrainResult:
     """Distil ``model`` on ``train_data`` and leave it holding the best dev epoch's weights.
 
     Trains on the device ``model`` is on (CPU or CUDA); data moves there batch by batch.
@@ -178,6 +179,9 @@ def train(model: nn.Module, train_data: Encoded, dev_data: Encoded, config: Mapp
     Args:
         on_epoch: called after each epoch with that epoch's history row (e.g. to report to Tune).
             It runs while the model holds the epoch's (not the best) weights.
+        aux_loss: called after each forward pass with the batch's row indices (int64 tensor);
+            the scalar it returns is added to the loss (e.g. Patient KD,
+            :func:`trainables.transformer_student.prepare`).
 
     Raises:
         ValueError: no teacher logits, or unknown optimizer/loss.
@@ -199,6 +203,8 @@ def train(model: nn.Module, train_data: Encoded, dev_data: Encoded, config: Mapp
         for idx in length_bucketed_batches(train_data.len_a, bs, gen):
             loss = distill_loss(model(*train_data.inputs(idx, device)), train_data.teacher[idx].to(device),
                                 train_data.labels[idx].to(device), alpha, kind, temp)
+            if aux_loss is not None:
+                loss = loss + aux_loss(idx)
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -34,12 +34,15 @@ import torch
 from torch import nn
 
 PAD, UNK = 0, 1
-_WORD_RE = re.compile(r"\w+|[^\w\s]")
+_WORD_RE = re.compile(r"\[mask\]|\w+|[^\w\s]")  # "[MASK]" (trainables.augment) stays one token
 _HASH_PRIME = 2_147_483_647  # 2^31 - 1, for the universal hash family h(x) = ((a x + b) mod p) mod B
 
 
 def words(text: str) -> list[str]:
-    """Lower-cased word and punctuation tokens of ``text`` (PTB-like, e.g. ``"it 's"`` -> ``["it", "'", "s"]``)."""
+    """Lower-cased word and punctuation tokens of ``text`` (PTB-like, e.g. ``"it 's"`` -> ``["it", "'", "s"]``).
+
+    The mask token ``[MASK]`` of augmented sentences is kept whole (``"[mask]"``).
+    """
     return _WORD_RE.findall(text.lower())
 
 
@@ -162,6 +165,10 @@ def encoder_from_json(obj: dict[str, Any]) -> TextEncoder:
         from tokenizers import Tokenizer
 
         return BpeEncoder(Tokenizer.from_str(obj["tokenizer"]))
+    if obj["kind"] == "wordpiece":  # the transformer student's (teacher's) tokenizer
+        from trainables.transformer_student import WordPieceEncoder
+
+        return WordPieceEncoder.from_json(obj)
     return VocabEncoder(obj["kind"], list(obj["tokens"]))
 
 

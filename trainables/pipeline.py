@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import yaml
 
-from trainables import artifact, energy, packed
+from trainables import artifact, augment, energy, packed, transformer_student
 from trainables.config import parse_stages, resolve_config
 from trainables.data import Split
 from trainables.distill import encode_split, predict, train
@@ -50,6 +50,9 @@ class TrialData:
         train_logits, dev_logits: teacher logits, float32 (n, num_labels).
         teacher_id: see :func:`trainables.teacher.teacher_id`.
         teacher_bytes: the teacher's fp32 parameter bytes (for ``compression_ratio``), or ``None``.
+        teacher_path: the teacher folder or hub name (``student: transformer`` starts from it).
+        augmented: ``(augment_n, augment_p)`` -> :class:`trainables.augment.AugmentedSet`, the
+            teacher-labelled synthetic rows the driver made (:func:`trainables.augment.prepare_for_space`).
     """
 
     train: Split
@@ -59,6 +62,8 @@ class TrialData:
     teacher_id: str
     teacher_bytes: int | None = None
     dev_mismatched: Split | None = None
+    teacher_path: str | None = None
+    augmented: dict[tuple[int, float], Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -135,22 +140,37 @@ def _run(cfg: dict[str, Any], data: TrialData, workdir: Path, tracker: Tracker, 
     rows = None
     if cfg["max_train_examples"] and cfg["max_train_examples"] < len(train_split):
         rows = np.random.default_rng(cfg["seed"]).permutation(len(train_split))[: cfg["max_train_examples"]]
+    # the transfer set: the trial's rows plus the driver's teacher-labelled synthetic rows made from them
+    train_split, train_logits, rows, aug_metrics, aug_tags = augment.transfer_set(data, cfg, rows)
+    if aug_metrics:
+        tracker.log_metrics(aug_metrics)
+        tracker.set_tags(aug_tags)
     texts = train_split.texts() if rows is None else [train_split.text_a[i] for i in rows] + (
         [train_split.text_b[i] for i in rows] if train_split.is_pair else [])
-    encoder = build_encoder(cfg["embedding"], texts, cfg["vocab_size"], cfg["hash_token_space"])
-    train_enc = encode_split(train_split, encoder, cfg["max_length"], data.train_logits, rows)
-    dev_enc = encode_split(dev_split, encoder, cfg["max_length"])
     num_labels, pair = train_split.num_labels, train_split.is_pair
-    model = build_student(cfg, encoder, num_labels, pair).to(settings.device)
+    aux_loss = None
+    if cfg["student"] == "transformer":  # the teacher's tokenizer and first k layers (+ Patient KD)
+        encoder, model, aux_loss, pkd_metrics = transformer_student.prepare(
+            data.teacher_path, cfg, train_split, rows, num_labels, pair)
+        if pkd_metrics:
+            tracker.log_metrics(pkd_metrics)
+    else:
+        encoder = build_encoder(cfg["embedding"], texts, cfg["vocab_size"], cfg["hash_token_space"])
+        model = build_student(cfg, encoder, num_labels, pair)
+    model = model.to(settings.device)
+    train_enc = encode_split(train_split, encoder, cfg["max_length"], train_logits, rows)
+    dev_enc = encode_split(dev_split, encoder, cfg["max_length"])
 
     # the GPUs this trial trains on (none on CPU: an idle GPU's draw is not this trial's)
     meter = energy.make_meter(gpu_indices=None if settings.device == "cuda" else [],
                               cpu_watts_per_core=settings.cpu_watts_per_core)
     readings: list[energy.EnergyReading] = []
+    epochs_done: list[int] = []  # epochs reported (the final metrics go one step later)
     ckpt_dir = workdir / "checkpoint"
 
     def on_epoch(row: dict[str, float]) -> None:
         readings.append(meter.stop())
+        epochs_done.append(int(row["epoch"]))
         metrics = dict(row)
         joules = energy.sum_readings(readings).joules
         if joules is not None:
@@ -166,7 +186,7 @@ def _run(cfg: dict[str, Any], data: TrialData, workdir: Path, tracker: Tracker, 
     train_time_s, best_epoch = 0.0, None
     if "distill" in stages:
         meter.start()
-        result = train(model, train_enc, dev_enc, cfg, on_epoch)
+        result = train(model, train_enc, dev_enc, cfg, on_epoch, aux_loss)
         meter.stop()  # the window after the last epoch (early-stopping bookkeeping) is not training
         train_time_s, best_epoch = result.train_time_s, result.best_epoch
 
@@ -206,7 +226,9 @@ def _run(cfg: dict[str, Any], data: TrialData, workdir: Path, tracker: Tracker, 
     final["train_time_s"] = train_time_s
     if best_epoch is not None:
         final["best_epoch"] = best_epoch
-    tracker.log_metrics(final)
+    # MLflow shows a metric's value at its highest step: log the saved student's final values one
+    # step after the last epoch so that `accuracy`, `size_bytes`... read as the trial's result
+    tracker.log_metrics(final, step=len(epochs_done) + 1)
     tracker.set_tags(energy_tags)
     tracker.log_artifact(model_dir, "model")
     final["energy_method"] = energy_tags["energy_method"]

@@ -119,8 +119,10 @@ def build_student(config: Mapping[str, Any], encoder: TextEncoder, num_labels: i
     elif kind == "ffn":
         enc = MeanEncoder(dim)
         classifier = _mlp(dim * (4 if pair else 1), hidden, num_labels, drop)
+    elif kind == "transformer":
+        raise ValueError("student=transformer is built from the teacher: trainables.transformer_student.from_teacher")
     else:
-        raise ValueError(f"unknown student {kind!r}; allowed: bilstm, rnn, ffn")
+        raise ValueError(f"unknown student {kind!r}; allowed: bilstm, rnn, ffn, transformer")
     return Student(embedding, enc, classifier, pair, drop)
 
 

@@ -51,7 +51,7 @@ def test_export_and_replay_a_real_trial(store, tmp_path, glue_dir, sst2_teacher,
     assert abs(result["accuracy_diff_pp"]) <= 0.3
     assert result["metrics"]["accuracy"] == final["accuracy"]  # CPU trials are deterministic
     assert result["diff"]["size_bytes"] == 0 and result["diff"]["num_params"] == 0
-    assert result["data_matches"] is True
+    assert result["data_matches"] is True and result["device"] == "cpu"
     assert result["source_run_id"] == source and result["run_id"] != source
     assert "accuracy" in printed and " pp" in printed
 

@@ -45,6 +45,7 @@ def test_analyze_two_objectives_from_parent_run(search, tmp_path):
     assert _tags(search) == {tid: str(r) for tid, r in search.ranks_2d.items()}
     client = search.store.client
     assert "pareto_rank" not in client.get_run(search.failed).data.tags
+    assert client.get_run(search.parent).data.tags["pareto_objectives"] == "accuracy:max,size_bytes:min"
     assert all("pareto_rank" not in client.get_run(r).data.tags for r in search.old_runs)
     assert load_trials(search.store.uri, "fw")["tag.pareto_rank"].tolist() == ["0", "0", "1", "0", "1", "2", "3", "1"]
 

@@ -37,3 +37,9 @@ def test_parse_stages_order_and_check_value():
     assert check_value("batch_size", 32.0) == 32
     with pytest.raises(ConfigError):
         parse_stages("")
+
+
+@pytest.mark.parametrize("student", ["bilstm", "rnn", "ffn"])
+def test_resolving_a_resolved_config_changes_nothing(student):
+    cfg = resolve_config({"student": student})
+    assert resolve_config(cfg) == cfg

@@ -25,6 +25,10 @@ def test_trial_metrics_artifact_and_tracking(sst2_small, tmp_path):
     # one report per epoch (with a checkpoint) and the final one
     assert [ckpt is not None for _, ckpt in reports] == [True] * len(reports[:-1]) + [False]
     assert len(reports) - 1 == len(tracker.metrics["train_loss"]) <= 2
+    # the final (saved student's) values sit at the highest step, which MLflow shows as the run's value
+    epochs = len(tracker.metrics["train_loss"])
+    assert tracker.metrics["accuracy"][-1] == (epochs + 1, final["accuracy"])
+    assert max(step for step, _ in tracker.metrics["accuracy"]) == epochs + 1
     # the saved model reproduces the logged accuracy
     model, enc, cfg = load_student(tmp_path / "model" / "student.safetensors")
     dev = encode_split(sst2_small.dev, enc, cfg["max_length"])
