@@ -3,6 +3,8 @@
 
     python run_search.py search  --task sst2 --data-dir ../shared/data/glue --teacher DIR ...
     python run_search.py teacher --task sst2 --data-dir ../shared/data/glue [--base NAME_OR_PATH] [--out DIR]
+    python run_search.py server  [--host 0.0.0.0] [--port 5000]     # MLflow tracking server for a cluster
+    python run_search.py resume  --experiment NAME [--tracking-uri URI]   # finish a stopped search
 
 Bad input (unknown task, malformed space, missing data, unreachable cluster or tracking
 server) prints one line ``error: ...`` and exits with code 2 before any expensive work.
@@ -66,8 +68,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
     names = {f.name for f in fields(SearchOptions)}
     values = {k: v for k, v in vars(args).items() if k in names}
     values["overrides"] = parse_overrides(args.overrides)
-    run_search(SearchOptions(**values))
-    return 0
+    front = run_search(SearchOptions(**values))
+    return 0 if len(front) else 1  # 1: no trial finished
 
 
 def _scalar(text: str) -> object:
@@ -79,7 +81,10 @@ def _scalar(text: str) -> object:
             return cast(text)
         except ValueError:
             pass
-    value = yaml.safe_load(text) if text else ""
+    try:
+        value = yaml.safe_load(text) if text else ""
+    except yaml.YAMLError:
+        return text
     return value if isinstance(value, (bool, str)) else text
 
 
@@ -96,6 +101,49 @@ def parse_overrides(items: list[str]) -> dict[str, object]:
             raise ConfigError(f"--set {item!r} must look like KEY=VALUE")
         out[key.strip()] = _scalar(value.strip())
     return out
+
+
+def _add_server(sub: argparse._SubParsersAction) -> None:
+    from search.server import ServerOptions
+
+    d = ServerOptions()
+    p = sub.add_parser("server", help="run an MLflow tracking server that trials on every node can reach")
+    p.add_argument("--host", default=d.host, help="interface to bind (default %(default)s; 0.0.0.0 for a cluster)")
+    p.add_argument("--port", type=int, default=d.port, help="port (default %(default)s)")
+    p.add_argument("--backend-store-uri", default=None,
+                   help="run store: sqlite:///PATH or any SQLAlchemy URI (default sqlite:///mlflow.db here)")
+    p.add_argument("--artifacts-destination", default=None,
+                   help="where uploaded artifacts go: a folder or s3://, gs://... (default ./mlartifacts)")
+    p.add_argument("--workers", type=int, default=d.workers, help="server processes (default %(default)s)")
+    p.add_argument("--allowed-hosts", default=None,
+                   help="Host headers MLflow accepts besides localhost and private IPs, e.g. mlflow.example.com")
+    p.set_defaults(func=_cmd_server)
+
+
+def _cmd_server(args: argparse.Namespace) -> int:
+    from search.server import ServerOptions, serve
+
+    serve(ServerOptions(args.host, args.port, args.backend_store_uri, args.artifacts_destination, args.workers,
+                        args.allowed_hosts))
+    return 0  # not reached: serve() becomes the server
+
+
+def _add_resume(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("resume", help="finish a search whose driver stopped (same trials, same Optuna study)")
+    p.add_argument("--experiment", required=True, help="MLflow experiment name of the search")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI the search used (default sqlite:///mlflow.db)")
+    p.add_argument("--search-id", default=None, help="search id or parent run id (default: the newest search)")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster (auto, HOST:PORT, ray://HOST:PORT, or local); default: the search's")
+    p.add_argument("--storage-path", default=None, help="where the search's Tune storage is now, if it moved")
+    p.set_defaults(func=_cmd_resume)
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    from search.resume import resume_search
+
+    front = resume_search(args.experiment, args.tracking_uri, args.search_id, args.address, args.storage_path)
+    return 0 if len(front) else 1  # 1: no trial finished
 
 
 def _add_teacher(sub: argparse._SubParsersAction) -> None:
@@ -134,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_search(sub)
     _add_teacher(sub)
+    _add_server(sub)
+    _add_resume(sub)
     analysis_cli.add_commands(sub)  # analyze, export, replay
     return parser
 
@@ -144,8 +194,13 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return args.func(args)
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(str(e))}", file=sys.stderr)
         return 2
+
+
+def _one_line(message: str) -> str:
+    """``message`` with line breaks and other control characters escaped (user text can hold any)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
 
 
 if __name__ == "__main__":

@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--qat-epochs", type=int, default=1, help="quantization-aware epochs of the 4-bit run")
     ap.add_argument("--bits", type=int, nargs="+", default=[8, 4])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--latency-rounds", type=int, default=5,
+                    help="interleaved rounds of the final latency table (best round kept: the CPU is shared)")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args(argv)
@@ -74,22 +76,52 @@ def main(argv: list[str] | None = None) -> dict:
         last = {k: v[-1][1] for k, v in tracker.metrics.items()}
         run = {stage: {m: _num(last[f"{stage}_{m}"]) for m in SHOWN} for stage in STAGES}
         run["prune"].update({k.replace("prune_", ""): v for k, v in last.items() if k.startswith("prune_sparsity")})
-        run["fp32_bytes"], run["qat_epochs"], run["wall_s"] = int(final["fp32_bytes"]), cfg["qat_epochs"], time.perf_counter() - t0
+        run.update(fp32_bytes=int(final["fp32_bytes"]), qat_epochs=cfg["qat_epochs"], wall_s=time.perf_counter() - t0)
         run["breakdown"] = packed.size_breakdown(workdir / f"bits{bits}" / "model" / packed.ARTIFACT_NAME)
         if bits == 8:  # the same file through torch's int8 dynamic kernels (LSTM + Linear)
-            plain, enc, saved_cfg = packed.load_packed(workdir / "bits8" / "model" / packed.ARTIFACT_NAME, runtime=False)
+            path = workdir / "bits8" / "model" / packed.ARTIFACT_NAME
+            plain, enc, saved_cfg = packed.load_packed(path, runtime=False)
             dev_enc = encode_split(dev, enc, saved_cfg["max_length"])
             int8 = to_int8_dynamic(plain)
             run["int8_dynamic"] = {"accuracy": accuracy_percent(predict(int8, dev_enc), dev.labels),
                                    **inference_speed(int8, dev_enc, threads=args.threads)}
         results["runs"][bits] = run
         print(report(bits, run), flush=True)
+    results["latency"] = latency_table(workdir, args.bits, dev, args.threads, args.latency_rounds)
     accs = {run["distill"]["accuracy"] for run in results["runs"].values()}
     results["distillation_repeats_exactly"] = len(accs) == 1
     print(f"distillation repeated exactly across runs: {results['distillation_repeats_exactly']}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return results
+
+
+def latency_table(workdir: Path, bits: list[int], dev, threads: int, rounds: int) -> dict:
+    """CPU speed of the saved students, measured in interleaved rounds; per model the best round
+    (lowest median batch-1 latency, highest batch-256 throughput), so that load from other
+    processes on a shared CPU inflates the numbers as little as possible."""
+    from trainables.artifact import load_student
+
+    first = workdir / f"bits{bits[0]}"
+    models = {"fp32 (dense file)": load_student(first / "stages" / "distill" / "student.safetensors")[0]}
+    for b in bits:
+        models[f"{b}-bit + 50% (packed, float32 compute)"] = load_student(first.parent / f"bits{b}" / "model" /
+                                                                         packed.ARTIFACT_NAME)[0]
+    plain = packed.load_packed(first.parent / f"bits{bits[0]}" / "model" / packed.ARTIFACT_NAME, runtime=False)[0]
+    models[f"{bits[0]}-bit file, torch int8 dynamic"] = to_int8_dynamic(plain)
+    enc, cfg = load_student(first / "stages" / "distill" / "student.safetensors")[1:]
+    dev_enc = encode_split(dev, enc, cfg["max_length"])
+    best: dict = {}
+    for _ in range(rounds):
+        for name, model in models.items():
+            m = inference_speed(model, dev_enc, repeats=100, threads=threads)
+            old = best.get(name)
+            best[name] = m if old is None else {"latency_ms": min(old["latency_ms"], m["latency_ms"]),
+                                                "throughput": max(old["throughput"], m["throughput"])}
+    print(f"== CPU speed ({threads} threads; best of {rounds} interleaved rounds) ==")
+    for name, m in best.items():
+        print(f"{name:<44}{m['latency_ms']:>8.2f} ms (batch 1){m['throughput']:>9.0f} ex/s (batch 256)")
+    return best
 
 
 def _num(v: float) -> float | int:
@@ -110,7 +142,8 @@ def report(bits: int, run: dict) -> str:
                      f"{r['throughput']:>9.0f}")
     lines.append(f"size: {q['size_bytes'] / d['size_bytes']:.1%} of the fp32 file ({d['size_bytes']:,} B), "
                  f"{q['size_bytes'] / run['fp32_bytes']:.1%} of 4 x params ({run['fp32_bytes']:,} B); "
-                 f"accuracy change {q['accuracy'] - d['accuracy']:+.2f} pp (pruned {p['accuracy'] - d['accuracy']:+.2f})")
+                 f"accuracy change {q['accuracy'] - d['accuracy']:+.2f} pp "
+                 f"(pruned {p['accuracy'] - d['accuracy']:+.2f})")
     lines.append(f"achieved sparsity: {', '.join(f'{k} {v:.3f}' for k, v in p.items() if k.startswith('sparsity'))}")
     lines.append("bytes of the compressed file: " + ", ".join(f"{k} {v:,}" for k, v in run["breakdown"].items()))
     return "\n".join(lines)

@@ -4,11 +4,19 @@ Trials log to their own child runs (:class:`trainables.tracking.MlflowTracker`);
 creates the experiment with an explicit artifact location (otherwise artifacts would land in
 Ray's temporary trial folders), opens one parent run per search, and at the end marks any
 child run still ``RUNNING`` (a killed worker) as ``FAILED`` so that none is left running.
+
+A trial may run more than once (a retry after its worker died, a resumed search): each attempt
+is its own child run tagged with the trial's ``trial_id``. :func:`close_earlier_attempts` runs
+at the start of every attempt: it marks runs of earlier attempts still ``RUNNING`` as ``FAILED``
+and, when one already ``FINISHED``, hands its metrics back so that the trial is not run again.
+So a search ends with exactly one ``FINISHED`` run per finished trial.
 """
 
 from __future__ import annotations
 
+import json
 import socket
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -18,6 +26,8 @@ from typing import Any, Mapping
 from trainables.config import ConfigError
 
 ROLE_TAG = "featherweight.role"  # "search" on parent runs, "trial" on child runs
+OPTIONS_TAG = "featherweight.search_options"  # JSON of the SearchOptions, on parent runs (what resume reads)
+DRIVER_GONE = "trial ended without finishing its run (worker died or search stopped)"
 
 
 def resolve_tracking_uri(uri: str | None, cwd: str | Path | None = None) -> tuple[str, str | None]:
@@ -99,17 +109,116 @@ def child_runs(client: Any, experiment_id: str, parent_run_id: str) -> list[Any]
             return runs
 
 
-def close_search(client: Any, experiment_id: str, parent_run_id: str, status: str) -> int:
+def close_search(client: Any, experiment_id: str, parent_run_id: str, status: str,
+                 errors: Mapping[str, str] | None = None) -> int:
     """Mark children still ``RUNNING`` as ``FAILED`` (tag ``error``), then end the parent run with ``status``.
+
+    Args:
+        errors: trial id -> error Tune reported for it (used as the ``error`` tag of its runs).
 
     Returns:
         How many child runs had to be marked.
     """
+    errors = errors or {}
     marked = 0
     for run in child_runs(client, experiment_id, parent_run_id):
         if run.info.status == "RUNNING":
-            client.set_tag(run.info.run_id, "error", "trial ended without finishing its run (worker died or search stopped)")
+            error = errors.get(run.data.tags.get("trial_id", ""), DRIVER_GONE)
+            client.set_tag(run.info.run_id, "error", error[:5000])
             client.set_terminated(run.info.run_id, status="FAILED")
             marked += 1
+        elif run.info.status == "FAILED" and "error" not in run.data.tags and run.data.tags.get("trial_id") in errors:
+            client.set_tag(run.info.run_id, "error", errors[run.data.tags["trial_id"]][:5000])
     client.set_terminated(parent_run_id, status=status)
     return marked
+
+
+def trial_runs(client: Any, experiment_id: str, parent_run_id: str, trial_id: str) -> list[Any]:
+    """Runs of every attempt of one trial of a search, oldest first."""
+    runs = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}' and "
+                              f"tags.trial_id = '{trial_id}'", max_results=1000, order_by=["attributes.start_time ASC"])
+    return list(runs)
+
+
+def close_earlier_attempts(client: Any, trial_id: str, *, experiment_id: str,
+                           parent_run_id: str) -> tuple[dict[str, Any] | None, dict[str, str]]:
+    """Called by a trial before it starts: settle the runs of its earlier attempts.
+
+    Earlier runs still ``RUNNING`` (their worker or the driver died) are marked ``FAILED`` with
+    an ``error`` tag. When an earlier run ``FINISHED`` (the trial completed but Tune had not
+    recorded it before the driver stopped), its final metrics are returned and the trial must
+    report them instead of training again.
+
+    Returns:
+        ``(metrics of the FINISHED run with mlflow_run_id and energy_method, or None,
+        tags for the new attempt's run: attempt, retry_of)``.
+    """
+    from trainables.tracking import _retry
+
+    runs = _retry(lambda: trial_runs(client, experiment_id, parent_run_id, trial_id))
+    for run in runs:
+        if run.info.status == "RUNNING":
+            _retry(lambda: client.set_tag(run.info.run_id, "error", f"{DRIVER_GONE}; the trial was restarted"))
+            _retry(lambda: client.set_terminated(run.info.run_id, status="FAILED"))
+    for run in runs:
+        if run.info.status == "FINISHED":
+            done = dict(run.data.metrics)
+            done.update(mlflow_run_id=run.info.run_id, energy_method=run.data.tags.get("energy_method", ""))
+            return done, {}
+    if not runs:
+        return None, {"attempt": "1"}
+    return None, {"attempt": str(len(runs) + 1), "retry_of": runs[-1].info.run_id}
+
+
+def search_runs_of(client: Any, experiment_id: str) -> list[Any]:
+    """Parent runs of the searches in an experiment, newest first."""
+    return list(client.search_runs([experiment_id], f"tags.`{ROLE_TAG}` = 'search'", max_results=1000,
+                                   order_by=["attributes.start_time DESC"]))
+
+
+def find_search(client: Any, experiment: str, search_id: str | None = None) -> tuple[str, Any]:
+    """``(experiment_id, parent run)`` of a search: ``search_id`` (search id or run id), else the newest.
+
+    Raises:
+        ConfigError: no such experiment, or no (matching) search in it.
+    """
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        try:
+            exp = client.get_experiment(experiment)
+        except Exception:
+            exp = None
+    if exp is None:
+        raise ConfigError(f"no MLflow experiment {experiment!r} in this tracking store; pass --experiment with the "
+                          f"name the search used, and --tracking-uri where it logged")
+    runs = search_runs_of(client, exp.experiment_id)
+    if search_id:
+        runs = [r for r in runs if search_id in (r.info.run_id, r.data.tags.get("search_id"))]
+    runs = [r for r in runs if OPTIONS_TAG in r.data.tags] if not search_id else runs
+    if not runs:
+        which = f"search {search_id!r}" if search_id else "resumable search"
+        raise ConfigError(f"experiment {experiment!r} has no {which} (searches started with this version record "
+                          f"what resume needs on their parent run)")
+    return exp.experiment_id, runs[0]
+
+
+def search_options_of(run: Any) -> dict[str, Any]:
+    """The SearchOptions a search ran with, as recorded on its parent run.
+
+    Raises:
+        ConfigError: the run does not record them (a search from an older version).
+    """
+    raw = run.data.tags.get(OPTIONS_TAG)
+    if raw is None:
+        raise ConfigError(f"search run {run.info.run_id} does not record its options (tag {OPTIONS_TAG}); it cannot "
+                          f"be resumed")
+    return json.loads(raw)
+
+
+def reopen_run(client: Any, run_id: str, note: str) -> None:
+    """Set a terminated (or abandoned) parent run back to ``RUNNING`` and count the resume."""
+    run = client.get_run(run_id)
+    count = int(run.data.tags.get("resume_count", "0")) + 1
+    client.update_run(run_id, status="RUNNING")
+    client.set_tag(run_id, "resume_count", str(count))
+    client.set_tag(run_id, f"resume_{count}", f"{time.strftime('%Y-%m-%d %H:%M:%S')} {note}"[:5000])

@@ -9,22 +9,23 @@ front of the finished trials (also logged as ``pareto_front.csv`` on the parent 
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import os
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 
+from search.cluster import check_address, connect, experiment_path, resolve_storage_path
 from spaces import DEFAULT_OBJECTIVES, ENERGY_OBJECTIVES, Space, load_space, parse_objectives
-from trainables.config import ConfigError, check_value
+from trainables.config import ConfigError, check_value, parse_stages
 from trainables.data import check_task, local_split_path
 
 log = logging.getLogger(__name__)
@@ -74,40 +75,8 @@ class Plan:
     tracking_uri: str
     artifact_root: str | None
     dropped_objectives: list[str] = field(default_factory=list)
-
-
-def check_address(address: str | None, timeout_s: float = 3.0) -> None:
-    """Fail fast on a Ray address nothing answers at.
-
-    ``None``: a local Ray is started later. ``auto``: a running cluster must be recorded on
-    this machine (``ray start``) or named by ``RAY_ADDRESS``. ``HOST:PORT`` / ``ray://HOST:PORT``:
-    a TCP connection must open.
-
-    Raises:
-        ConfigError: nothing reachable at the address.
-    """
-    if address is None:
-        return
-    hint = "start one with `ray start --head` or leave --address unset for a local Ray"
-    if address == "auto":
-        env = os.environ.get("RAY_ADDRESS")
-        if env and env != "auto":
-            return check_address(env, timeout_s)
-        try:
-            from ray._private.services import canonicalize_bootstrap_address_or_die
-
-            address = canonicalize_bootstrap_address_or_die("auto")
-        except Exception:
-            raise ConfigError(f"--address auto: no running Ray cluster found on this machine; {hint}") from None
-    target = address.split("://", 1)[-1]
-    host, _, port = target.rpartition(":")
-    if not host or not port.isdigit():
-        raise ConfigError(f"--address {address!r} must be auto, HOST:PORT or ray://HOST:PORT")
-    try:
-        with socket.create_connection((host, int(port)), timeout=timeout_s):
-            pass
-    except OSError as e:
-        raise ConfigError(f"cannot reach a Ray cluster at {address} ({e.strerror or e}); {hint}") from None
+    storage_path: str | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 def resolve_teacher(task: str, teacher: str | None, cache_dir: str | None) -> str:
@@ -150,13 +119,24 @@ def plan_search(opts: SearchOptions) -> Plan:
     if opts.data_dir is not None:
         for split in ("train", "dev"):
             local_split_path(task, split, opts.data_dir)
-    space = load_space(opts.space).with_fixed({**opts.overrides, "task": task, "seed": opts.seed})
+    space = _load_space(opts.space).with_fixed({**opts.overrides, "task": task, "seed": opts.seed})
+    if "stages" in opts.overrides:  # the space file's own stages are checked when it is parsed
+        parse_stages(opts.overrides["stages"], "--set stages")
     objectives = (parse_objectives(opts.objectives, "--objectives") if opts.objectives
                   else space.objectives or dict(DEFAULT_OBJECTIVES))
     teacher = resolve_teacher(task, opts.teacher, opts.cache_dir)
     tracking_uri, artifact_root = resolve_tracking_uri(opts.tracking_uri)
+    storage_path = resolve_storage_path(opts.storage_path)
     check_tracking_uri(tracking_uri)
     check_address(opts.address)
+    notes = []
+    if opts.address is not None and (storage_path is None or storage_path.startswith("/")):
+        notes.append(f"Tune's storage {storage_path or '~/ray_results'} must be a folder every node can write "
+                     f"(e.g. NFS; pass --storage-path) or a URI such as s3://bucket/dir, else trials on other "
+                     f"machines fail")
+    if opts.address is not None and not tracking_uri.startswith(("http://", "https://")):
+        notes.append(f"trials on other machines write to {tracking_uri} and {artifact_root}: that works only when every "
+                     f"node sees these paths; else start `python run_search.py server` and pass --tracking-uri http://...")
     dropped = []
     energy_objectives = [m for m in objectives if m in ENERGY_OBJECTIVES]
     if energy_objectives:  # probe the meter the trials will use (NVML only for GPU trials)
@@ -171,7 +151,18 @@ def plan_search(opts: SearchOptions) -> Plan:
             objectives = {k: v for k, v in objectives.items() if k not in dropped}
             if not objectives:
                 raise ConfigError("no objective left once energy is dropped; add e.g. accuracy:max")
-    return Plan(opts, task, space, objectives, teacher, tracking_uri, artifact_root, dropped)
+    return Plan(opts, task, space, objectives, teacher, tracking_uri, artifact_root, dropped, storage_path, notes)
+
+
+def _load_space(path: str) -> Space:
+    """:func:`spaces.load_space`, with any unexpected failure on a malformed file turned into a ConfigError."""
+    try:
+        return load_space(path)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError, RecursionError) as e:
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ConfigError(f"{path}: invalid search space ({type(e).__name__}: {first})") from None
 
 
 def _git_commit() -> str:
@@ -247,27 +238,24 @@ def run_search(opts: SearchOptions) -> pd.DataFrame:
     """Run a search end to end and return its Pareto front (one row per non-dominated trial).
 
     Raises:
-        ConfigError: invalid input, raised before Ray starts.
+        ConfigError: invalid input, raised before Ray starts (or when the cluster refuses the connection).
     """
     plan = plan_search(opts)
-    if plan.dropped_objectives:
-        print(f"note: no energy meter works here (energy_method=unavailable); searching on "
-              f"{', '.join(plan.objectives)} without {', '.join(plan.dropped_objectives)}", flush=True)
+    print_notes(plan)
+    if opts.address is not None:
+        connect(opts.address)  # joining a cluster can still fail (authentication): before loading anything
     data = load_trial_data(plan)
 
-    import ray
     from mlflow.tracking import MlflowClient
     from ray import tune
-    from ray.tune.search.optuna import OptunaSearch
 
-    from analysis.pareto import pareto_ranks
     from search import mlflow_store
-    from trainables.pipeline import RunSettings, tune_trainable
 
     client = MlflowClient(plan.tracking_uri)
     experiment_id = mlflow_store.get_or_create_experiment(client, opts.experiment, plan.artifact_root)
     search_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    git_commit = _git_commit()
+    tune_name = f"{opts.experiment}-{search_id}"
+    tune_path = experiment_path(plan.storage_path, tune_name)
     parent_id = mlflow_store.start_parent_run(
         client, experiment_id, f"search-{search_id}",
         params={"task": plan.task, "space": opts.space, "num_samples": opts.num_samples,
@@ -276,47 +264,137 @@ def run_search(opts: SearchOptions) -> pd.DataFrame:
                 "teacher": _local_or_name(plan.teacher),
                 "data_dir": _local_or_name(opts.data_dir) if opts.data_dir else "hub",
                 "cache_dir": _local_or_name(opts.cache_dir) if opts.cache_dir else "", "cpus_per_trial": opts.cpus_per_trial,
-                "gpus_per_trial": opts.gpus_per_trial},
-        tags={"search_id": search_id, "git_commit": git_commit, "data_hash": data.train.data_hash,
+                "gpus_per_trial": opts.gpus_per_trial, "max_failures": opts.max_failures,
+                "address": opts.address or "local", "tune_experiment_path": tune_path,
+                "study_name": tune_name, "optuna_storage": "tune searcher state (in tune_experiment_path)"},
+        tags={"search_id": search_id, "git_commit": _git_commit(), "data_hash": data.train.data_hash,
               "teacher_id": data.teacher_id, "sampler": opts.sampler,
-              "random_search": str(opts.sampler == "random").lower()})
+              "random_search": str(opts.sampler == "random").lower(),
+              mlflow_store.OPTIONS_TAG: json.dumps(recorded_options(plan))})
     client.log_artifact(parent_id, opts.space, "space")
     print(f"MLflow: experiment {opts.experiment!r} (id {experiment_id}), parent run {parent_id} in {plan.tracking_uri}",
           flush=True)
+    print(f"Ray Tune: experiment state in {tune_path} (resume with: python run_search.py resume --experiment "
+          f"{opts.experiment} --tracking-uri {plan.tracking_uri})", flush=True)
 
-    settings = RunSettings(opts.cpu_watts_per_core, opts.pue, opts.kg_per_kwh, None,
-                           {"search_id": search_id, "git_commit": git_commit, "featherweight.role": "trial"})
-    tracking = {"tracking_uri": plan.tracking_uri, "experiment_id": experiment_id, "parent_run_id": parent_id,
-                "settings": settings}
-    status = "FAILED"
-    try:
-        if not ray.is_initialized():
-            ray.init(address=opts.address, include_dashboard=False, logging_level=logging.WARNING,
-                     runtime_env=_runtime_env(opts.address))
-        trainable = tune.with_resources(tune.with_parameters(tune_trainable, data=data, tracking=tracking),
-                                        {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
+    def build(trainable: Any) -> Any:
+        from ray.tune.search.optuna import OptunaSearch
+
         searcher = OptunaSearch(metric=list(plan.objectives), mode=list(plan.objectives.values()),
-                                sampler=make_sampler(opts.sampler, opts.seed), study_name=f"{opts.experiment}-{search_id}",
+                                sampler=make_sampler(opts.sampler, opts.seed), study_name=tune_name,
                                 points_to_evaluate=_initial_points(plan))
-        tuner = tune.Tuner(
+        return tune.Tuner(
             trainable,
             param_space=plan.space.tune_space(),
             tune_config=tune.TuneConfig(search_alg=searcher, num_samples=opts.num_samples,
                                         max_concurrent_trials=opts.max_concurrent, reuse_actors=True),
-            run_config=tune.RunConfig(name=f"{opts.experiment}-{search_id}", storage_path=opts.storage_path,
+            run_config=tune.RunConfig(name=tune_name, storage_path=plan.storage_path,
                                       failure_config=tune.FailureConfig(max_failures=opts.max_failures),
                                       verbose=opts.verbose),
         )
-        tuner.fit()
-        status = "FINISHED"
+
+    return execute_search(plan, data, client, experiment_id, parent_id, search_id, build)
+
+
+def print_notes(plan: Plan) -> None:
+    """Say once what the search does differently from what was asked (dropped objectives, cluster caveats)."""
+    if plan.dropped_objectives:
+        print(f"note: no energy meter works here (energy_method=unavailable); searching on "
+              f"{', '.join(plan.objectives)} without {', '.join(plan.dropped_objectives)}", flush=True)
+    for note in plan.notes:
+        print(f"note: {note}", flush=True)
+
+
+def recorded_options(plan: Plan) -> dict[str, Any]:
+    """The search's options as JSON-able values, with paths made absolute (a resume may run elsewhere)."""
+    opts = asdict(plan.options)
+    opts.update(space=str(Path(plan.options.space).expanduser().absolute()), tracking_uri=plan.tracking_uri,
+                storage_path=plan.storage_path, teacher=_local_or_name(plan.teacher))
+    for key in ("data_dir", "cache_dir"):
+        if opts[key]:
+            opts[key] = str(Path(opts[key]).expanduser().absolute())
+    return opts
+
+
+def execute_search(plan: Plan, data: Any, client: Any, experiment_id: str, parent_id: str, search_id: str,
+                   build: Callable[[Any], Any]) -> pd.DataFrame:
+    """Run the Tuner that ``build(trainable)`` returns (new or restored), then close the search's runs.
+
+    Trials that fail (after ``--max-failures`` retries) do not stop the search: Tune returns them
+    in its ResultGrid; they are reported here, their runs are ``FAILED`` with an ``error`` tag,
+    and the parent run counts them (tag ``failed_trials``).
+
+    Returns:
+        The Pareto front of the search's finished trials (empty when none finished).
+    """
+    from ray import tune
+
+    from analysis.pareto import pareto_ranks
+    from search import mlflow_store
+    from trainables.pipeline import RunSettings, tune_trainable
+
+    opts = plan.options
+    settings = RunSettings(opts.cpu_watts_per_core, opts.pue, opts.kg_per_kwh, None,
+                           {"search_id": search_id, "git_commit": _git_commit(), "featherweight.role": "trial"})
+    tracking = {"tracking_uri": plan.tracking_uri, "experiment_id": experiment_id, "parent_run_id": parent_id,
+                "settings": settings,
+                "earlier_attempts": functools.partial(mlflow_store.close_earlier_attempts,
+                                                      experiment_id=experiment_id, parent_run_id=parent_id)}
+    # Tune saves its experiment state (trials, searcher) every TUNE_GLOBAL_CHECKPOINT_S; "auto" means >= 10 s,
+    # and a trial created after the last save is unknown to a resume. 1 s keeps that window far below a trial.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    status, errors = "FAILED", {}
+    try:
+        connect(opts.address)
+        trainable = tune.with_resources(tune.with_parameters(tune_trainable, data=data, tracking=tracking),
+                                        {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
+        results = build(trainable).fit()
+        errors = trial_errors(results)
+        status = "KILLED" if interrupted(results, opts.num_samples) else "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
         raise
     finally:
-        marked = mlflow_store.close_search(client, experiment_id, parent_id, status)
+        marked = mlflow_store.close_search(client, experiment_id, parent_id, status, errors)
         if marked:
             print(f"marked {marked} unfinished trial run(s) FAILED", flush=True)
+    client.set_tag(parent_id, "failed_trials", str(len(errors)))
+    if status == "KILLED":
+        print(f"\nthe search was interrupted; finish it with: python run_search.py resume --experiment "
+              f"{opts.experiment} --tracking-uri {plan.tracking_uri}", flush=True)
+    if errors:
+        print(f"\n{len(errors)} trial(s) failed after {opts.max_failures} retr{'y' if opts.max_failures == 1 else 'ies'} "
+              f"(their runs are FAILED with an 'error' tag; `run_search.py resume` retries them):", flush=True)
+        for trial_id, error in errors.items():
+            print(f"  {trial_id}: {_error_line(error)}", flush=True)
     return _pareto_report(client, experiment_id, parent_id, plan.objectives, pareto_ranks)
+
+
+def interrupted(results: Any, num_samples: int) -> bool:
+    """Whether Tune returned before every trial ended (Ctrl-C: Tune saves its state and returns)."""
+    trials = getattr(getattr(results, "_experiment_analysis", None), "trials", None)
+    if trials is None:
+        return len(results) < num_samples
+    return len(trials) < num_samples or any(t.status not in ("TERMINATED", "ERROR") for t in trials)
+
+
+def trial_errors(results: Any) -> dict[str, str]:
+    """Trial id -> error text of the trials a Tune ResultGrid holds as errored."""
+    trials = getattr(getattr(results, "_experiment_analysis", None), "trials", None) or [None] * len(results)
+    out = {}
+    for trial, result in zip(trials, results):
+        if result.error is None:
+            continue
+        trial_id = getattr(trial, "trial_id", None) or (result.metrics or {}).get("trial_id") or Path(result.path).name
+        out[str(trial_id)] = f"{type(result.error).__name__}: {result.error}".strip()
+    return out
+
+
+def _error_line(error: str) -> str:
+    """The most telling line of a (Ray-wrapped, multi-line) error: the last ``SomeError: ...`` line, else the first."""
+    lines = [ln.strip() for ln in error.splitlines() if ln.strip()]
+    named = [ln for ln in lines if ln.split(":", 1)[0].endswith(("Error", "Exception", "Exit"))]
+    return (named[-1] if named else lines[0] if lines else "unknown error")[:300]
 
 
 def _initial_points(plan: Plan) -> list[dict[str, Any]] | None:
@@ -324,14 +402,6 @@ def _initial_points(plan: Plan) -> list[dict[str, Any]] | None:
     if plan.options.sampler == "random" or not plan.space.initial_points:
         return None
     return plan.space.initial_points[: plan.options.num_samples]
-
-
-def _runtime_env(address: str | None) -> dict[str, Any] | None:
-    """Ship the project to remote workers when joining an existing cluster."""
-    if address is None:
-        return None
-    return {"working_dir": str(PROJECT_ROOT),
-            "excludes": [".git", "mlartifacts", "mlflow.db", "reports", "exports", "*.egg-info", "__pycache__"]}
 
 
 def trials_frame(client: Any, experiment_id: str, parent_id: str) -> pd.DataFrame:

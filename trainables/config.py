@@ -94,7 +94,7 @@ PARAMS: dict[str, Param] = {
                                 help="student=transformer: the teacher's first k encoder layers kept"),
     "pkd_beta": Param("float", 0.0, low=0.0, high=100_000.0,
                       help="student=transformer: weight of the Patient-KD [CLS] loss (PKD-Skip); 0 = off"),
-    # pruning (stage "prune"; trainables/prune.py; Featherweight thesis section 6.2)
+    # pruning (stage "prune"; trainables/prune.py; Featherweight thesis chapter 6, Table 6.3)
     "sparsity": Param("float", 0.5, low=0.0, high=0.99,
                       help="fraction of prunable weights set to zero (global scope, and default of each part)"),
     "sparsity_embedding": Param("float", None, low=0.0, high=0.99,

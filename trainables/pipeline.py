@@ -260,7 +260,8 @@ def _evaluate_saved(path: Path, sizes: dict[str, int], data: TrialData, dev_enc:
     metrics: dict[str, Any] = task_metrics(data.train.task, predict(saved, dev_enc), data.dev.labels)
     if data.dev_mismatched is not None:
         mm = encode_split(data.dev_mismatched, saved_encoder, cfg["max_length"])
-        metrics["accuracy_mismatched"] = task_metrics("mnli", predict(saved, mm), data.dev_mismatched.labels)["accuracy"]
+        mm_metrics = task_metrics("mnli", predict(saved, mm), data.dev_mismatched.labels)
+        metrics["accuracy_mismatched"] = mm_metrics["accuracy"]
         metrics["accuracy_mean"] = (metrics["accuracy"] + metrics["accuracy_mismatched"]) / 2
     # torch int8 modules hide their weights from parameters(): count on the float32 decoding
     plain = saved if isinstance(saved, Student) else packed.load_packed(path, runtime=False)[0]
@@ -280,7 +281,16 @@ def tune_trainable(config: dict[str, Any], data: TrialData, tracking: Mapping[st
         config: the sampled trial config (Tune passes it).
         data: shared through ``tune.with_parameters``.
         tracking: ``tracking_uri``, ``experiment_id``, ``parent_run_id`` and ``settings``
-            (a :class:`RunSettings`) from the driver.
+            (a :class:`RunSettings`) from the driver; optional ``earlier_attempts(client, trial_id)``
+            (:func:`search.mlflow_store.close_earlier_attempts`): settles the runs of earlier
+            attempts of this trial (retries, resumed searches) and returns the metrics of one that
+            finished (then reported as this trial's result, nothing retrained) and tags for the new run.
+
+    A retried trial restarts from its first epoch (seeded, so it reproduces the same student);
+    each attempt is its own MLflow run (tags ``attempt``, ``retry_of``; ``ray_node_id`` says where it ran).
+    Test-only hook: with env ``FEATHERWEIGHT_TEST_CRASH_ONCE=FILE`` set on the workers, the first
+    trial to finish an epoch while ``FILE`` exists deletes it and dies (``os._exit``), or raises
+    when the file holds ``raise``; see ``tests/search/test_cluster.py``.
     """
     import ray
     from ray import tune
@@ -288,13 +298,20 @@ def tune_trainable(config: dict[str, Any], data: TrialData, tracking: Mapping[st
     from trainables.tracking import MlflowTracker
 
     ctx = tune.get_context()
+    tracker = MlflowTracker(tracking["tracking_uri"], tracking["experiment_id"], tracking["parent_run_id"])
+    attempt_tags: dict[str, str] = {}
+    if tracking.get("earlier_attempts") is not None:
+        finished, attempt_tags = tracking["earlier_attempts"](tracker.client, ctx.get_trial_id())
+        if finished is not None:  # this trial already finished in an earlier attempt: report, don't retrain
+            tune.report(finished)
+            return
     settings: RunSettings = tracking["settings"]
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
     settings = RunSettings(settings.cpu_watts_per_core, settings.pue, settings.kg_per_kwh,
                            settings.threads or max(1, int(cpus)),
-                           {**settings.tags, "trial_id": ctx.get_trial_id()},
+                           {**settings.tags, **attempt_tags, "trial_id": ctx.get_trial_id(),
+                            "ray_node_id": ray.get_runtime_context().get_node_id()},
                            device="cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu")
-    tracker = MlflowTracker(tracking["tracking_uri"], tracking["experiment_id"], tracking["parent_run_id"])
 
     def report(metrics: dict[str, Any], ckpt: Path | None) -> None:
         numeric = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
@@ -302,7 +319,23 @@ def tune_trainable(config: dict[str, Any], data: TrialData, tracking: Mapping[st
             tune.report({**numeric, "mlflow_run_id": tracker.run_id, "energy_method": metrics.get("energy_method")})
         else:
             tune.report(numeric, checkpoint=tune.Checkpoint.from_directory(str(ckpt)))
+            _test_crash_once()
 
     workdir = ctx.get_trial_dir() or tempfile.mkdtemp(prefix="featherweight-trial-")
     os.makedirs(workdir, exist_ok=True)
     run_trial(config, data, workdir, tracker, settings, report, run_name=ctx.get_trial_name())
+
+
+def _test_crash_once() -> None:
+    """Test-only failure injection (see :func:`tune_trainable`); a no-op unless the env var is set."""
+    marker = os.environ.get("FEATHERWEIGHT_TEST_CRASH_ONCE")
+    if not marker:
+        return
+    try:
+        mode = Path(marker).read_text().strip()
+        os.unlink(marker)  # only one trial wins the unlink
+    except OSError:
+        return
+    if mode == "raise":
+        raise RuntimeError("FEATHERWEIGHT_TEST_CRASH_ONCE: injected trial failure")
+    os._exit(3)

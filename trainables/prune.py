@@ -10,12 +10,14 @@ LSTM/RNN matrix, tokens of an embedding table) when ``prune_structured`` is set.
 Methods (config ``prune_method``):
 
 - ``topv``: keep the V = (1 - s) x n weights of largest magnitude (|w|, L1 for elements, L2 norm
-  for rows; Featherweight thesis, section 6.2, "Top-V"). The target ``s`` is exact: a tensor of
+  for rows; the "Top-V" pruning of the Featherweight thesis, chapter 6). The target ``s`` is exact: a tensor of
   n weights loses ``round(s * n)`` of them (structured: ``round(s * rows)`` rows).
 - ``magnitude``: prune every weight with |w| < lambda x sigma, sigma the standard deviation of
   the tensor's unpruned weights and lambda = ``prune_threshold`` (Han et al. 2015, "Learning both
-  Weights and Connections", section 3). Structured: rows whose RMS magnitude
-  ``||w_r||_2 / sqrt(cols)`` is below lambda x sigma. The sparsity is an outcome, not a target.
+  Weights and Connections for Efficient Neural Networks": their threshold is a quality parameter
+  times the layer's weight standard deviation). Structured: rows whose RMS magnitude
+  ``||w_r||_2 / sqrt(cols)`` is below lambda x sigma. The sparsity is an outcome, not a target:
+  the per-part keys only switch a part off (0) or on (> 0).
 
 Scopes (``prune_scope``): ``local`` prunes each tensor to its part's target
 (``sparsity_embedding``, ``sparsity_encoder``, ``sparsity_classifier``; thesis Table 6.3 gives
@@ -49,9 +51,8 @@ Example:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -185,7 +186,8 @@ def _zero_count(t: Prunable, structured: bool) -> int:
     return int((mask == 0).sum().item())
 
 
-def _global_structured_mask(tensors: list[Prunable], method: str, sparsity: float, threshold: float) -> list[torch.Tensor]:
+def _global_structured_mask(tensors: list[Prunable], method: str, sparsity: float,
+                            threshold: float) -> list[torch.Tensor]:
     """Row masks for global structured pruning (torch has no global structured method).
 
     Every row of every tensor gets the score ``||w_r||_2 / sqrt(cols)`` (comparable across widths).
@@ -195,8 +197,8 @@ def _global_structured_mask(tensors: list[Prunable], method: str, sparsity: floa
     rows = [t.tensor.detach().reshape(t.tensor.shape[0], -1) for t in tensors]
     scores = torch.cat([r.pow(2).mean(dim=1).sqrt() for r in rows])
     widths = torch.cat([torch.full((r.shape[0],), r.shape[1], dtype=torch.long) for r in rows])
-    already = torch.cat([(r.abs().sum(dim=1) == 0) if t.mask() is not None else torch.zeros(r.shape[0], dtype=torch.bool)
-                         for t, r in zip(tensors, rows)])
+    already = torch.cat([(r.abs().sum(dim=1) == 0) if t.mask() is not None
+                         else torch.zeros(r.shape[0], dtype=torch.bool) for t, r in zip(tensors, rows)])
     if method == "topv":
         total = int(widths.sum())
         budget = round(sparsity * total)
@@ -357,7 +359,8 @@ def prune_student(model: nn.Module, config: Mapping[str, Any], train_data: Any =
         raise ConfigError("prune_schedule=gradual needs finetune_epochs >= 1 (one pruning step per epoch)")
     final_targets, final_sparsity = part_targets(config), float(config["sparsity"])
     final_threshold = float(config["prune_threshold"])
-    kwargs = dict(method=config["prune_method"], scope=config["prune_scope"], structured=bool(config["prune_structured"]))
+    kwargs = dict(method=config["prune_method"], scope=config["prune_scope"],
+                  structured=bool(config["prune_structured"]))
     result = PruneResult(sparsity={})
     n_steps = epochs if gradual else 1
     for step in range(1, n_steps + 1):
@@ -381,8 +384,3 @@ def prune_student(model: nn.Module, config: Mapping[str, Any], train_data: Any =
     result.sparsity = sparsity_metrics(model)
     return result
 
-
-def iter_prunable_keys(model: nn.Module) -> Iterator[tuple[str, str]]:
-    """``(state-dict key, part)`` of every prunable tensor (used by quantization and packing)."""
-    for t in prunable_tensors(model):
-        yield t.key, t.part

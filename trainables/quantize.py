@@ -19,8 +19,8 @@ Methods (config ``quant_method``):
   dequantized weights ``w'``; :mod:`trainables.packed` stores ``q``, ``S`` and ``Z`` and restores
   ``w'`` bit for bit.
 - ``int8_dynamic``: the weights are stored as for ``affine``, and at run time the LSTM and
-  Linear modules run as torch int8 dynamic-quantized modules (per-channel symmetric int8 weights,
-  activations quantized per batch) through :func:`to_int8_dynamic`, the one adapter over the
+  Linear modules run as torch int8 dynamic-quantized modules (int8 weights per output channel with
+  zero point 0, activations quantized per batch) through :func:`to_int8_dynamic`, the one adapter over the
   deprecated ``torch.ao.quantization``. The weights are thus quantized twice (affine b-bit, then
   int8); use 8 bits. Elman RNNs have no dynamic int8 kernel in torch and stay float32.
 - ``fp16``: every floating-point tensor (biases too) is stored in float16 (bits keys unused).

@@ -182,8 +182,9 @@ def _load_hf(teacher: str, **kwargs: Any) -> Any:
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
-    level = hf_logging.get_verbosity()
+    level, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()  # the dropped layers are reported as unused weights
+    hf_logging.disable_progress_bar()
     try:
         return AutoModelForSequenceClassification.from_pretrained(teacher, dtype=torch.float32, **kwargs)
     except (OSError, ValueError) as e:
@@ -191,6 +192,8 @@ def _load_hf(teacher: str, **kwargs: Any) -> Any:
         raise ConfigError(f"cannot load teacher {teacher!r} for the transformer student ({first})") from None
     finally:
         hf_logging.set_verbosity(level)
+        if bar:
+            hf_logging.enable_progress_bar()
 
 
 def from_teacher(teacher: str, config: Mapping[str, Any], num_labels: int, pair: bool

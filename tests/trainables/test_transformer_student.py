@@ -1,0 +1,150 @@
+"""The truncated-transformer student: initialisation, joint pair inputs, Patient KD, artifact, trial."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from trainables.config import ConfigError, resolve_config
+from trainables.data import Split, load_split
+from trainables.distill import encode_split, predict
+from trainables.transformer_student import (
+    FORMAT,
+    from_teacher,
+    pkd_layer_map,
+    pkd_loss,
+    prepare,
+    teacher_cls_states,
+)
+
+TEACHERS = Path(__file__).resolve().parents[2].parent / "shared" / "teachers"
+
+
+@pytest.fixture(scope="module")
+def sst2_teacher_model(sst2_teacher):
+    from trainables.teacher import load_teacher
+
+    return load_teacher(str(sst2_teacher))
+
+
+def _cfg(**kw):
+    return resolve_config({"student": "transformer", "transformer_layers": 2, "dropout": 0.0, **kw})
+
+
+def test_pkd_skip_layer_map():
+    assert pkd_layer_map(2, 6) == [(1, 3)]
+    assert pkd_layer_map(3, 6) == [(1, 2), (2, 4)]
+    assert pkd_layer_map(4, 6) == [(1, 2), (2, 3), (3, 5)]  # ceil(j * L / k)
+    assert pkd_layer_map(6, 12) == [(1, 2), (2, 4), (3, 6), (4, 8), (5, 10)]  # the paper's BERT12 -> 6 PKD-Skip
+    assert pkd_layer_map(1, 6) == []
+
+
+def test_starts_from_the_teachers_first_layers(sst2_teacher, sst2_teacher_model, sst2_splits):
+    teacher, _ = sst2_teacher_model
+    _, student = from_teacher(str(sst2_teacher), _cfg(), 2, pair=False)
+    sd, td = student.model.state_dict(), teacher.state_dict()
+    assert len(student.model.bert.encoder.layer) == 2
+    for key in ("bert.embeddings.word_embeddings.weight", "bert.encoder.layer.0.attention.self.query.weight",
+                "bert.encoder.layer.1.output.dense.weight", "bert.pooler.dense.weight", "classifier.weight"):
+        assert torch.equal(sd[key], td[key]), key
+    assert not any(k.startswith("bert.encoder.layer.2.") for k in sd)
+    # all 6 layers kept: the student is the teacher, through the students' encoding and call path
+    encoder, full = from_teacher(str(sst2_teacher), _cfg(transformer_layers=6), 2, pair=False)
+    _, dev = sst2_splits
+    logits = predict(full, encode_split(dev, encoder, 64, rows=np.arange(64)))
+    with np.load(sst2_teacher / "logits_sst2.npz") as z:
+        assert np.abs(logits - z["dev"][:64]).max() < 0.25  # shipped logits: bf16 autocast
+
+
+def test_pairs_are_one_joint_input_like_the_teacher(glue_dir):
+    from transformers import AutoTokenizer
+
+    path = TEACHERS / "minilm-l6-qqp"
+    qqp = load_split("qqp", "dev", glue_dir)
+    encoder, student = from_teacher(str(path), _cfg(), 2, pair=True)
+    enc = encode_split(qqp, encoder, 64, rows=np.arange(16))
+    ids, mask, types = student.joint_inputs(*enc.inputs(slice(0, 16)))
+    ref = AutoTokenizer.from_pretrained(path)(qqp.text_a[:16], qqp.text_b[:16], padding=True, return_tensors="pt")
+    assert torch.equal(ids, ref["input_ids"]) and torch.equal(mask, ref["attention_mask"])
+    assert torch.equal(types, ref["token_type_ids"])
+
+
+def test_pkd_loss_and_teacher_states(sst2_teacher, sst2_teacher_model, sst2_splits):
+    s = torch.randn(4, 2, 8)
+    t = torch.randn(4, 2, 8)
+    expected = sum(((s[i, j] / s[i, j].norm() - t[i, j] / t[i, j].norm()) ** 2).sum() for i in range(4) for j in range(2)) / 4
+    assert torch.allclose(pkd_loss(s, t), expected)
+    assert pkd_loss(s, 3 * s).item() < 1e-10  # scale-free
+    teacher, tok = sst2_teacher_model
+    train, _ = sst2_splits
+    states = teacher_cls_states(teacher, tok, train, [3, 6], rows=np.arange(10), batch_size=4)
+    assert states.shape == (10, 2, 384) and torch.allclose(states.norm(dim=-1), torch.ones(10, 2), atol=1e-5)
+    with torch.no_grad():
+        hidden = teacher(**tok(train.text_a[:10], padding=True, return_tensors="pt"), output_hidden_states=True).hidden_states
+    ref = torch.nn.functional.normalize(hidden[3][:, 0], dim=-1)
+    assert (states[:, 0] * ref).sum(-1).min() > 0.98  # cosine; bf16 autocast
+
+
+def test_patient_kd_term_trains_the_kept_layers(sst2_teacher, sst2_splits):
+    train, _ = sst2_splits
+    split = Split("sst2", "train", train.text_a[:16], None, train.labels[:16], "subset")
+    cfg = _cfg(transformer_layers=3, pkd_beta=10.0)
+    encoder, model, aux, metrics = prepare(str(sst2_teacher), cfg, split, None, 2, pair=False)
+    assert model.keep_layers == (1, 2) and metrics["pkd_teacher_time_s"] > 0  # teacher layers 2 and 4
+    enc = encode_split(split, encoder, 64)
+    idx = torch.arange(16)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.train()
+    losses = []
+    for _ in range(4):
+        model(*enc.inputs(idx))
+        loss = aux(idx)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[0] > 0 and losses[-1] < 0.7 * losses[0]
+    assert prepare(str(sst2_teacher), _cfg(), split, None, 2, pair=False)[2] is None  # pkd_beta 0: no teacher pass
+
+
+def test_bad_configs_are_config_errors(sst2_teacher):
+    with pytest.raises(ConfigError, match="exceeds the teacher's 6 layers"):
+        from_teacher(str(sst2_teacher), _cfg(transformer_layers=7), 2, pair=False)
+    with pytest.raises(ConfigError, match="teacher's folder"):
+        from_teacher(None, _cfg(), 2, pair=False)
+    with pytest.raises(ConfigError, match="3 labels"):
+        from_teacher(str(TEACHERS / "minilm-l6-mnli"), _cfg(), 2, pair=True)
+    with pytest.raises(ConfigError, match="stages=distill only"):
+        _cfg(stages="distill,prune")
+
+
+def test_trial_saves_one_artifact_with_its_tokenizer(sst2_small, sst2_teacher, tmp_path, monkeypatch):
+    import gzip
+    import json
+
+    from trainables import artifact
+    from trainables.artifact import load_student, read_metadata
+    from trainables.pipeline import run_trial
+    from trainables.tracking import MemoryTracker
+
+    dev = Split("sst2", "dev", sst2_small.dev.text_a[:100], None, sst2_small.dev.labels[:100], "subset")
+    data = sst2_small.__class__(**{**sst2_small.__dict__, "dev": dev, "dev_logits": sst2_small.dev_logits[:100],
+                                   "teacher_path": str(sst2_teacher)})
+    cfg = {"student": "transformer", "transformer_layers": 2, "pkd_beta": 10.0, "max_train_examples": 64,
+           "epochs": 1, "lr": 1e-4, "batch_size": 32, "embedding": "hash"}
+    # gzip level 9 of a 63 MB float file takes ~90 s on 2 cores; the measure is tested in test_artifact
+    monkeypatch.setattr(artifact, "file_sizes", lambda p: {"size_bytes": Path(p).stat().st_size, "gzip_bytes": len(
+        gzip.compress(Path(p).read_bytes(), compresslevel=1))})
+    tracker = MemoryTracker()
+    final = run_trial(cfg, data, tmp_path, tracker)
+    path = tmp_path / "model" / "student.safetensors"
+    assert final["size_bytes"] == path.stat().st_size and final["num_params"] > 10_000_000
+    assert tracker.params["embedding"] == "hash" and "pkd_teacher_time_s" in tracker.metrics
+    meta = read_metadata(path)
+    assert meta["featherweight_format"] == FORMAT and '"WordPiece"' in json.loads(meta["encoder"])["tokenizer"]
+    assert '"num_hidden_layers": 2' in meta["model_config"]
+    model, encoder, saved_cfg = load_student(path)  # no teacher needed to load it
+    assert saved_cfg["student"] == "transformer" and encoder.kind == "wordpiece"
+    acc = (predict(model, encode_split(dev, encoder, saved_cfg["max_length"])).argmax(1) == dev.labels).mean() * 100
+    assert acc == pytest.approx(final["accuracy"])
