@@ -68,8 +68,12 @@ def _cmd_search(args: argparse.Namespace) -> int:
     names = {f.name for f in fields(SearchOptions)}
     values = {k: v for k, v in vars(args).items() if k in names}
     values["overrides"] = parse_overrides(args.overrides)
-    front = run_search(SearchOptions(**values))
-    return 0 if len(front) else 1  # 1: no trial finished
+    return _exit_code(run_search(SearchOptions(**values)))
+
+
+def _exit_code(front) -> int:
+    """130: interrupted (resume it), 1: no trial finished, else 0."""
+    return 130 if front.attrs.get("status") == "KILLED" else 0 if len(front) else 1
 
 
 def _scalar(text: str) -> object:
@@ -142,8 +146,8 @@ def _add_resume(sub: argparse._SubParsersAction) -> None:
 def _cmd_resume(args: argparse.Namespace) -> int:
     from search.resume import resume_search
 
-    front = resume_search(args.experiment, args.tracking_uri, args.search_id, args.address, args.storage_path)
-    return 0 if len(front) else 1  # 1: no trial finished
+    return _exit_code(resume_search(args.experiment, args.tracking_uri, args.search_id, args.address,
+                                    args.storage_path))
 
 
 def _add_teacher(sub: argparse._SubParsersAction) -> None:

@@ -12,7 +12,7 @@ once (as a search's driver does), labelled by the teacher under bf16 autocast an
 (seconds; joules when a meter works) is reported. Dev accuracy is on the full SST-2 dev set (872).
 
 Usage:
-    python bench/augment_sst2.py [--quick] [--train-rows 1500] [--augment-n 8] [--augment-p 0.1]
+    python bench/augment_sst2.py [--quick] [--train-rows 1500] [--augment-n 6] [--augment-p 0.1]
                                  [--epochs 4] [--seeds 0 1 2] [--threads 2]
 
 Teacher: shared/teachers/minilm-l6-sst2 (logits shipped), data: shared/data/glue.
@@ -44,7 +44,7 @@ CONFIG = {"task": "sst2", "student": "bilstm", "embedding": "glove", "embedding_
 def main(argv: list[str] | None = None) -> dict:
     ap = parser(__doc__)
     ap.add_argument("--train-rows", type=int, default=1500, help="SST-2 training subset (sentences)")
-    ap.add_argument("--augment-n", type=int, default=8, help="synthetic examples per sentence")
+    ap.add_argument("--augment-n", type=int, default=6, help="synthetic examples per sentence")
     ap.add_argument("--augment-p", type=float, default=0.1, help="p_mask = p_replace")
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

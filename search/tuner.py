@@ -325,7 +325,8 @@ def execute_search(plan: Plan, data: Any, client: Any, experiment_id: str, paren
     and the parent run counts them (tag ``failed_trials``).
 
     Returns:
-        The Pareto front of the search's finished trials (empty when none finished).
+        The Pareto front of the search's finished trials (empty when none finished); its
+        ``attrs["status"]`` is the parent run's status (``KILLED`` when Tune was interrupted).
     """
     from ray import tune
 
@@ -367,7 +368,9 @@ def execute_search(plan: Plan, data: Any, client: Any, experiment_id: str, paren
               f"(their runs are FAILED with an 'error' tag; `run_search.py resume` retries them):", flush=True)
         for trial_id, error in errors.items():
             print(f"  {trial_id}: {_error_line(error)}", flush=True)
-    return _pareto_report(client, experiment_id, parent_id, plan.objectives, pareto_ranks)
+    front = _pareto_report(client, experiment_id, parent_id, plan.objectives, pareto_ranks)
+    front.attrs["status"] = status  # KILLED: interrupted (Ctrl-C), resumable
+    return front
 
 
 def interrupted(results: Any, num_samples: int) -> bool:

@@ -65,8 +65,8 @@ PARAMS: dict[str, Param] = {
     "hash_functions": Param("int", 2, low=1, high=16, help="k hash functions of hash embeddings"),
     "hash_token_space": Param("int", 0, low=0, high=100_000_000,
                               help="hash: ids words are hashed into (importance rows); 0 = 4 x vocab_size"),
-    "hidden_dim": Param("int", None, low=1, high=8192,
-                        help="encoder hidden size (default bilstm 150, rnn 100, ffn 100)"),
+    "hidden_dim": Param("int", None, low=0, high=8192,
+                        help="encoder hidden size (default bilstm 150, rnn 100, ffn 100; transformer: 0, unused)"),
     "classifier_dim": Param("int", None, low=0, high=8192,
                             help="classifier hidden size (default bilstm 200, rnn 100; ffn: 0, unused)"),
     "pooling": Param("str", "last", ("last", "max"), help="bilstm/rnn sentence vector: last states or max over time"),
@@ -228,6 +228,8 @@ def resolve_config(partial: Mapping[str, Any], where: str = "config") -> dict[st
     if cfg["max_length"] == 0:
         cfg["max_length"] = 256 if cfg["embedding"] == "char" else 64
     cfg["stages"] = ",".join(parse_stages(cfg["stages"], where))
+    if cfg["hidden_dim"] < 1 and student != "transformer":
+        raise ConfigError(f"{where}: 'hidden_dim' = {cfg['hidden_dim']} is below its minimum 1 for student={student}")
     if student == "transformer" and cfg["stages"] != "distill":
         raise ConfigError(f"{where}: student=transformer supports stages=distill only (no prune/quantize)")
     _resolve_compression(cfg, where)

@@ -133,20 +133,21 @@ def encode_tensor(key: str, value: torch.Tensor | Quantized) -> tuple[dict[str, 
         ``(entries, spec)``: tensors named ``key/<part>`` and a JSON-able spec.
     """
     if isinstance(value, AffineTensor):
-        codes = value.codes.numpy().reshape(-1)
-        zero_per_elem = np.repeat(value.zero.numpy(), value.codes.shape[1])
+        codes = value.codes.cpu().numpy().reshape(-1)
+        zero_per_elem = np.repeat(value.zero.cpu().numpy(), value.codes.shape[1])
         keep = codes != zero_per_elem
         spec = {"kind": "affine", "shape": list(value.shape), "bits": value.bits}
-        entries = {f"{key}/scale": value.scale.to(torch.float16).contiguous(), f"{key}/zero": value.zero.contiguous()}
+        entries = {f"{key}/scale": value.scale.cpu().to(torch.float16).contiguous(),
+                   f"{key}/zero": value.zero.cpu().contiguous()}
         payload, item_bits = codes, value.bits
     elif isinstance(value, HalfTensor) or (isinstance(value, torch.Tensor) and value.is_floating_point()):
-        arr = (value.values if isinstance(value, HalfTensor) else value.detach().float()).contiguous().numpy()
+        arr = (value.values if isinstance(value, HalfTensor) else value.detach().float()).cpu().contiguous().numpy()
         payload = arr.reshape(-1)
         keep = _bits_of_float(payload) != 0
         spec = {"kind": "float", "shape": list(arr.shape), "dtype": str(payload.dtype)}
         entries, item_bits = {}, payload.dtype.itemsize * 8
     else:
-        t = value.detach().contiguous()
+        t = value.detach().cpu().contiguous()
         return {f"{key}/raw": t}, {"kind": "raw", "shape": list(t.shape)}
     n, nnz = payload.size, int(keep.sum())
     dense = math.ceil(n * item_bits / 8)
@@ -234,7 +235,7 @@ def save_packed(model: Student, config: Mapping[str, Any], encoder: TextEncoder,
         value = value.detach().cpu()
         q = quantized.get(key)
         if q is not None:
-            if not torch.equal(q.dequantize().view(torch.int32), value.float().contiguous().view(torch.int32)):
+            if not torch.equal(q.dequantize().cpu().view(torch.int32), value.float().contiguous().view(torch.int32)):
                 raise ValueError(f"{key}: the model's weights are not the dequantized codes; quantize first")
             value = q
         entries, packing[key] = encode_tensor(key, value)

@@ -194,7 +194,7 @@ def _global_structured_mask(tensors: list[Prunable], method: str, sparsity: floa
     ``topv``: prune rows in ascending score while the pruned weight count stays <= round(s * n).
     ``magnitude``: prune rows with score < threshold x std of all kept weights.
     """
-    rows = [t.tensor.detach().reshape(t.tensor.shape[0], -1) for t in tensors]
+    rows = [t.tensor.detach().cpu().reshape(t.tensor.shape[0], -1) for t in tensors]  # masks built on the CPU
     scores = torch.cat([r.pow(2).mean(dim=1).sqrt() for r in rows])
     widths = torch.cat([torch.full((r.shape[0],), r.shape[1], dtype=torch.long) for r in rows])
     already = torch.cat([(r.abs().sum(dim=1) == 0) if t.mask() is not None
@@ -215,7 +215,7 @@ def _global_structured_mask(tensors: list[Prunable], method: str, sparsity: floa
     for t, r in zip(tensors, rows):
         keep = ~drop[start: start + r.shape[0]]
         start += r.shape[0]
-        masks.append(keep[:, None].expand_as(r).reshape(t.tensor.shape).to(t.tensor.dtype))
+        masks.append(keep[:, None].expand_as(r).reshape(t.tensor.shape).to(t.tensor.device, t.tensor.dtype))
     return masks
 
 

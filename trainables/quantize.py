@@ -140,7 +140,7 @@ def _codes(rows: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: in
 
 
 def quantize_tensor(w: torch.Tensor, bits: int) -> Quantized | None:
-    """Quantize ``w`` (any shape, rows = dim 0) to ``bits``.
+    """Quantize ``w`` (any shape, rows = dim 0) to ``bits``, on ``w``'s device.
 
     Returns:
         :class:`AffineTensor` for 2..8 bits, :class:`HalfTensor` for 16, ``None`` for 32 (kept).
@@ -160,7 +160,7 @@ def quantize_tensor(w: torch.Tensor, bits: int) -> Quantized | None:
 
 
 def fake_quantize_values(w: torch.Tensor, bits: int) -> torch.Tensor:
-    """``quantize_tensor(w, bits).dequantize()`` (w itself for 32 bits), without autograd."""
+    """``quantize_tensor(w, bits).dequantize()`` (w itself for 32 bits), without autograd, on ``w``'s device."""
     q = quantize_tensor(w, bits)
     return w.detach().clone() if q is None else q.dequantize().to(w.dtype)
 
@@ -249,7 +249,8 @@ def quantize_student(model: nn.Module, config: Mapping[str, Any], train_data: An
 
     After the call ``model`` holds exactly the float32 weights the stored codes decode to, so
     evaluating it equals evaluating the saved file (for ``int8_dynamic``, after
-    :func:`to_int8_dynamic`).
+    :func:`to_int8_dynamic`). QAT runs on the model's device; the final codes are computed on
+    the CPU (as the loader decodes them), whatever that device.
 
     Uses config keys ``quant_method, bits_embedding, bits_encoder, bits_classifier,
     qat_epochs`` and, for QAT, those of :func:`trainables.distill.train`.
@@ -284,11 +285,11 @@ def quantize_student(model: nn.Module, config: Mapping[str, Any], train_data: An
     state = model.state_dict()
     with torch.no_grad():
         for key, bits in plan.items():
-            q = quantize_tensor(state[key], bits)
+            q = quantize_tensor(state[key].cpu(), bits)
             if q is None:
                 continue
             result.tensors[key] = q
-            state[key].copy_(q.dequantize())
+            state[key].copy_(q.dequantize().to(state[key].device))
     return result
 
 

@@ -94,7 +94,8 @@ class Cluster:
                     str(_free_port())]
         else:
             args = ["--address", self.address]
-        return self.popen([shutil.which("ray") or "ray", "start", *args, *common], "head.log" if head else "worker.log")
+        ray_cli = [sys.executable, "-m", "ray.scripts.scripts"]  # the `ray` command of this interpreter
+        return self.popen([*ray_cli, "start", *args, *common], "head.log" if head else "worker.log")
 
     def start(self) -> None:
         server = self.popen([sys.executable, str(ROOT / "run_search.py"), "server", "--port", str(self.mlflow_port),
@@ -249,8 +250,7 @@ def test_killed_driver_is_resumed_without_duplicates(cluster, tmp_path, glue_dir
             os.killpg(driver.pid, signal.SIGKILL)  # the driver dies; the cluster and the server live on
         driver.wait()
     assert driver.returncode == -signal.SIGKILL, (tmp_path / "driver.log").read_text()[-3000:]
-    _, parents, children = _runs(client, "resume")
-    assert parents[0].info.status == "RUNNING" and any(r.info.status == "RUNNING" for r in children)
+    assert _runs(client, "resume")[1][0].info.status == "RUNNING"  # the driver never closed its search
 
     proc = subprocess.run([sys.executable, str(ROOT / "run_search.py"), "resume", "--experiment", "resume",
                            "--tracking-uri", cluster.tracking_uri], cwd=tmp_path, env=cluster.env,
