@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from trainables.config import ConfigError
 from trainables.embeddings import TextEncoder, encoder_from_json, encoder_to_str
@@ -47,18 +47,40 @@ def save_student(model: Student, config: Mapping[str, Any], encoder: TextEncoder
 
         return save_transformer(model, config, encoder, num_labels, pair, path)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    meta = {
-        "featherweight_format": FORMAT,
-        "config": json.dumps(dict(config), sort_keys=True),
-        "encoder": encoder_to_str(encoder),
-        "num_labels": str(num_labels),
-        "pair": "1" if pair else "0",
-    }
+    return write_safetensors(path, state, student_metadata(FORMAT, config, encoder, num_labels, pair))
+
+
+def student_metadata(fmt: str, config: Mapping[str, Any], encoder: TextEncoder, num_labels: int, pair: bool,
+                     **extra: str) -> dict[str, str]:
+    """The string metadata every student file carries: format, config, encoder, labels, pair (+ ``extra``)."""
+    return {"featherweight_format": fmt, "config": json.dumps(dict(config), sort_keys=True),
+            "encoder": encoder_to_str(encoder), "num_labels": str(num_labels), "pair": "1" if pair else "0", **extra}
+
+
+def write_safetensors(path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> dict[str, int]:
+    """Write a safetensors file whose bytes depend only on its content, and measure it.
+
+    ``safetensors`` writes metadata keys in hash order, so the same student would give files
+    that differ in a few header bytes (and in ``gzip_bytes``); the header is re-serialised with
+    sorted keys (same length, so the format's padding still holds).
+
+    Returns:
+        ``size_bytes``, ``gzip_bytes`` (see :func:`file_sizes`) and ``weights_bytes`` (tensor bytes).
+    """
+    from safetensors.torch import save
+
+    data = bytearray(save(dict(tensors), metadata=dict(metadata)))
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(bytes(data[8: 8 + n]))
+    header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+    canonical = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(canonical) <= n:  # pad as safetensors does (spaces up to the same length)
+        data[8: 8 + n] = canonical + b" " * (n - len(canonical))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(path), metadata=meta)
+    path.write_bytes(bytes(data))
     sizes = file_sizes(path)
-    sizes["weights_bytes"] = sum(v.numel() * v.element_size() for v in state.values())
+    sizes["weights_bytes"] = sum(t.numel() * t.element_size() for t in tensors.values())
     return sizes
 
 

@@ -39,11 +39,10 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
-from trainables.artifact import file_sizes, read_metadata
+from trainables.artifact import read_metadata, student_metadata, write_safetensors
 from trainables.config import ConfigError
-from trainables.embeddings import TextEncoder, encoder_from_json, encoder_to_str
+from trainables.embeddings import TextEncoder, encoder_from_json
 from trainables.quantize import AffineTensor, HalfTensor, Quantized, to_int8_dynamic
 from trainables.students import Student, build_student
 
@@ -240,21 +239,9 @@ def save_packed(model: Student, config: Mapping[str, Any], encoder: TextEncoder,
             value = q
         entries, packing[key] = encode_tensor(key, value)
         tensors.update(entries)
-    meta = {
-        "featherweight_format": FORMAT,
-        "config": json.dumps(dict(config), sort_keys=True),
-        "encoder": encoder_to_str(encoder),
-        "num_labels": str(num_labels),
-        "pair": "1" if pair else "0",
-        "packing": json.dumps(packing, separators=(",", ":"), sort_keys=True),
-        "runtime": runtime,
-    }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata=meta)
-    sizes = file_sizes(path)
-    sizes["weights_bytes"] = sum(t.numel() * t.element_size() for t in tensors.values())
-    return sizes
+    meta = student_metadata(FORMAT, config, encoder, num_labels, pair,
+                            packing=json.dumps(packing, separators=(",", ":"), sort_keys=True), runtime=runtime)
+    return write_safetensors(path, tensors, meta)
 
 
 def load_packed(path: str | Path, runtime: bool = True) -> tuple[torch.nn.Module, TextEncoder, dict[str, Any]]:

@@ -29,6 +29,9 @@ def test_roundtrip_reproduces_predictions_and_sizes_are_file_bytes(kind, tmp_pat
     dev2 = encode_split(sst2_small.dev, loaded_enc, cfg["max_length"])
     assert np.array_equal(predict(model, dev), predict(loaded, dev2))
     assert read_metadata(path)["featherweight_format"] == "featherweight-dense-v1"
+    # the same student gives the same bytes (metadata order is canonical), so gzip_bytes is stable too
+    again = save_student(model, cfg, enc, 2, False, tmp_path / "again.safetensors")
+    assert (tmp_path / "again.safetensors").read_bytes() == data and again == sizes
 
 
 def test_load_rejects_missing_and_foreign_files(tmp_path):
