@@ -135,7 +135,8 @@ def _cmd_server(args: argparse.Namespace) -> int:
 def _add_resume(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("resume", help="finish a search whose driver stopped (same trials, same Optuna study)")
     p.add_argument("--experiment", required=True, help="MLflow experiment name of the search")
-    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI the search used (default sqlite:///mlflow.db)")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI the search used (default sqlite:///mlflow.db)")
     p.add_argument("--search-id", default=None, help="search id or parent run id (default: the newest search)")
     p.add_argument("--address", default=None,
                    help="Ray cluster (auto, HOST:PORT, ray://HOST:PORT, or local); default: the search's")

@@ -89,7 +89,8 @@ def resolve_storage_path(path: str | None) -> str | None:
     if path is None:
         return None
     if not path.strip():
-        raise ConfigError("--storage-path is empty; pass a folder (shared by all nodes) or a URI such as s3://bucket/dir")
+        raise ConfigError("--storage-path is empty; pass a folder (shared by all nodes) or a URI such as "
+                          "s3://bucket/dir")
     scheme = urllib.parse.urlparse(path).scheme
     if len(scheme) > 1 and scheme != "file":  # s3://, gs://, hdfs://... (a Windows drive letter is 1 char)
         return path

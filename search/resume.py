@@ -24,29 +24,17 @@ import pandas as pd
 from trainables.config import ConfigError
 
 
-def plan_resume(experiment: str, tracking_uri: str | None = None, search_id: str | None = None,
-                address: str | None = None, storage_path: str | None = None) -> tuple[Any, Any, str, Any, str]:
-    """Find the search and validate it can be resumed (cheap checks only).
-
-    Args:
-        experiment: MLflow experiment name (or id).
-        tracking_uri: the store the search logged to (default ``sqlite:///mlflow.db`` here).
-        search_id: search id or parent run id (default: the newest search of the experiment).
-        address: Ray cluster to run on (default: the one the search used; ``local``: a local Ray).
-        storage_path: where the Tune experiment folder is now, if it moved (default: where it was).
-
-    Returns:
-        ``(plan, client, experiment_id, parent run, tune experiment path)``.
+def find_resumable(experiment: str, tracking_uri: str | None = None, search_id: str | None = None,
+                   address: str | None = None) -> tuple[Any, str, str, Any]:
+    """The search to resume: ``(client, tracking URI, experiment id, parent run)`` (cheap checks only).
 
     Raises:
-        ConfigError: no such experiment or search, no Tune state to restore, or options that no
-            longer validate (data, teacher or space file gone).
+        ConfigError: malformed or unreachable store or address, no such experiment or search.
     """
     from mlflow.tracking import MlflowClient
 
     from search import mlflow_store
     from search.cluster import check_address
-    from search.tuner import SearchOptions, plan_search
 
     uri, _ = mlflow_store.resolve_tracking_uri(tracking_uri)
     mlflow_store.check_tracking_uri(uri)
@@ -56,12 +44,40 @@ def plan_resume(experiment: str, tracking_uri: str | None = None, search_id: str
         check_address(address)
     client = MlflowClient(uri)
     experiment_id, parent = mlflow_store.find_search(client, experiment, search_id)
+    return client, uri, experiment_id, parent
+
+
+def plan_resume(parent: Any, uri: str, address: str | None = None, storage_path: str | None = None) -> tuple[Any, str]:
+    """Validate that the search on ``parent`` can be resumed (cheap checks only).
+
+    Args:
+        parent: the search's MLflow parent run; uri: its tracking URI.
+        address: Ray cluster to run on (default: the one the search used; ``local``: a local Ray).
+        storage_path: where the Tune experiment folder is now, if it moved (default: where it was).
+
+    Returns:
+        ``(plan, tune experiment path)``.
+
+    Raises:
+        ConfigError: no Tune state to restore, the search's cluster is gone, or options that no
+            longer validate (data, teacher or space file gone).
+    """
+    from search import mlflow_store
+    from search.cluster import check_address
+    from search.tuner import SearchOptions, plan_search
+
     recorded = mlflow_store.search_options_of(parent)
     names = {f.name for f in fields(SearchOptions)}
     values = {k: v for k, v in recorded.items() if k in names}
     values["tracking_uri"] = uri
     if address is not None:
         values["address"] = None if address == "local" else address
+    elif values.get("address"):
+        try:
+            check_address(values["address"])
+        except ConfigError as e:
+            raise ConfigError(f"{e}; the search ran on {values['address']}: pass --address to resume on another "
+                              f"cluster, or --address local") from None
     path = parent.data.params.get("tune_experiment_path", "")
     if storage_path is not None:
         values["storage_path"] = storage_path
@@ -74,7 +90,7 @@ def plan_resume(experiment: str, tracking_uri: str | None = None, search_id: str
         raise ConfigError(f"no Tune experiment state at {path or '(not recorded)'} for search "
                           f"{parent.data.tags.get('search_id', parent.info.run_id)}; pass --storage-path if the "
                           f"folder moved, or start a new search")
-    return plan, client, experiment_id, parent, path
+    return plan, path
 
 
 def resume_search(experiment: str, tracking_uri: str | None = None, search_id: str | None = None,
@@ -82,7 +98,8 @@ def resume_search(experiment: str, tracking_uri: str | None = None, search_id: s
     """Resume a search (see the module doc) and return its Pareto front.
 
     Raises:
-        ConfigError: see :func:`plan_resume` (raised before any data is loaded or Ray starts).
+        ConfigError: see :func:`find_resumable` and :func:`plan_resume` (raised before any data
+            is loaded or Ray starts).
     """
     from ray import tune
 
@@ -90,14 +107,15 @@ def resume_search(experiment: str, tracking_uri: str | None = None, search_id: s
     from search.cluster import connect
     from search.tuner import execute_search, load_trial_data, print_notes, trials_frame
 
-    plan, client, experiment_id, parent, path = plan_resume(experiment, tracking_uri, search_id, address,
-                                                            storage_path)
+    client, uri, experiment_id, parent = find_resumable(experiment, tracking_uri, search_id, address)
     parent_id, sid = parent.info.run_id, parent.data.tags.get("search_id", parent.info.run_id)
     runs = mlflow_store.child_runs(client, experiment_id, parent_id)
     finished = {r.data.tags.get("trial_id") for r in runs if r.info.status == "FINISHED"}
-    if parent.info.status == "FINISHED" and len(finished) >= plan.options.num_samples:
+    num_samples = int(mlflow_store.search_options_of(parent).get("num_samples", 0))
+    if parent.info.status == "FINISHED" and len(finished) >= num_samples:
         print(f"search {sid} is complete ({len(finished)} finished trials); nothing to resume", flush=True)
         return trials_frame(client, experiment_id, parent_id)
+    plan, path = plan_resume(parent, uri, address, storage_path)
     print_notes(plan)
     if plan.options.address is not None:
         connect(plan.options.address)

@@ -75,7 +75,8 @@ def resolve_artifacts_destination(dest: str | None, cwd: Path) -> str:
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise ConfigError(f"--artifacts-destination {dest!r} cannot be created: {str(parent)!r} is not a writable folder")
+        raise ConfigError(f"--artifacts-destination {dest!r} cannot be created: {str(parent)!r} is not a "
+                          f"writable folder")
     return str(local.resolve())
 
 

@@ -135,8 +135,9 @@ def plan_search(opts: SearchOptions) -> Plan:
                      f"(e.g. NFS; pass --storage-path) or a URI such as s3://bucket/dir, else trials on other "
                      f"machines fail")
     if opts.address is not None and not tracking_uri.startswith(("http://", "https://")):
-        notes.append(f"trials on other machines write to {tracking_uri} and {artifact_root}: that works only when every "
-                     f"node sees these paths; else start `python run_search.py server` and pass --tracking-uri http://...")
+        notes.append(f"trials on other machines write to {tracking_uri} and {artifact_root}: that works only when "
+                     f"every node sees these paths; else start `python run_search.py server` and pass "
+                     f"--tracking-uri http://...")
     dropped = []
     energy_objectives = [m for m in objectives if m in ENERGY_OBJECTIVES]
     if energy_objectives:  # probe the meter the trials will use (NVML only for GPU trials)
@@ -263,7 +264,8 @@ def run_search(opts: SearchOptions) -> pd.DataFrame:
                 "objectives": ",".join(f"{k}:{v}" for k, v in plan.objectives.items()),
                 "teacher": _local_or_name(plan.teacher),
                 "data_dir": _local_or_name(opts.data_dir) if opts.data_dir else "hub",
-                "cache_dir": _local_or_name(opts.cache_dir) if opts.cache_dir else "", "cpus_per_trial": opts.cpus_per_trial,
+                "cache_dir": _local_or_name(opts.cache_dir) if opts.cache_dir else "",
+                "cpus_per_trial": opts.cpus_per_trial,
                 "gpus_per_trial": opts.gpus_per_trial, "max_failures": opts.max_failures,
                 "address": opts.address or "local", "tune_experiment_path": tune_path,
                 "study_name": tune_name, "optuna_storage": "tune searcher state (in tune_experiment_path)"},
@@ -364,7 +366,8 @@ def execute_search(plan: Plan, data: Any, client: Any, experiment_id: str, paren
         print(f"\nthe search was interrupted; finish it with: python run_search.py resume --experiment "
               f"{opts.experiment} --tracking-uri {plan.tracking_uri}", flush=True)
     if errors:
-        print(f"\n{len(errors)} trial(s) failed after {opts.max_failures} retr{'y' if opts.max_failures == 1 else 'ies'} "
+        retries = f"{opts.max_failures} retr{'y' if opts.max_failures == 1 else 'ies'}"
+        print(f"\n{len(errors)} trial(s) failed after {retries} "
               f"(their runs are FAILED with an 'error' tag; `run_search.py resume` retries them):", flush=True)
         for trial_id, error in errors.items():
             print(f"  {trial_id}: {_error_line(error)}", flush=True)

@@ -58,7 +58,7 @@ from trainables.embeddings import words
 log = logging.getLogger(__name__)
 
 MASK = "[MASK]"
-P_NGRAM = 0.25  # Tang et al. 2019, section 4.2 (p_ng)
+P_NGRAM = 0.25  # p_ng of Tang et al. 2019 (with p_mask = p_pos = 0.1)
 MAX_NGRAM = 5  # n of n-gram sampling is drawn from {1, ..., 5}
 NEIGHBOURS = 10  # a replaced word is one of its 10 nearest GloVe neighbours
 GLOVE_CANDIDATES = 50_000  # neighbours come from the 50k most frequent GloVe words

@@ -3,13 +3,13 @@
 ``student: transformer`` keeps the teacher's WordPiece tokenizer (the ``embedding`` and
 ``vocab_size`` keys are ignored), its embeddings, its first ``transformer_layers`` = k encoder
 layers and its pooler and classification head, loaded with
-``AutoModelForSequenceClassification.from_pretrained(teacher, num_hidden_layers=k)`` (the
-"truncated" initialisation of Sun et al. 2019, PKD, section 4.1 and of DistilBERT). Pair tasks
-are one joint input ``[CLS] a [SEP] b [SEP]`` with segment ids 0/1, as the teacher reads them.
+``AutoModelForSequenceClassification.from_pretrained(teacher, num_hidden_layers=k)``: the
+students of Sun et al. 2019 (PKD) also start from the first k layers of the teacher's encoder.
+Pair tasks are one joint input ``[CLS] a [SEP] b [SEP]`` with segment ids 0/1, as the teacher reads them.
 
 Loss: the logit distillation of :func:`trainables.distill.distill_loss` plus, when
 ``pkd_beta`` = beta > 0, the Patient-KD term of Sun et al. 2019 ("Patient Knowledge Distillation
-for BERT Model Compression", section 3.2, eq. 3, "PKD-Skip"):
+for BERT Model Compression", section 3.2, the L_PT term, with the "PKD-Skip" layer choice):
 
     L_PT = sum_{j=1}^{k-1} || h_s^j / ||h_s^j||_2  -  h_t^{I(j)} / ||h_t^{I(j)}||_2 ||_2^2,  I(j) = ceil(j * L / k)
 
@@ -165,7 +165,7 @@ def pkd_layer_map(k: int, teacher_layers: int) -> list[tuple[int, int]]:
 
 
 def pkd_loss(student_cls: torch.Tensor, teacher_cls: torch.Tensor) -> torch.Tensor:
-    """Patient-KD loss (Sun et al. 2019, eq. 3): squared distance of L2-normalised [CLS] states.
+    """Patient-KD loss L_PT (Sun et al. 2019, section 3.2): squared distance of L2-normalised [CLS] states.
 
     Args:
         student_cls, teacher_cls: (batch, layers, hidden); the teacher's may be normalised already.

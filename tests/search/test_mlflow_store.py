@@ -40,7 +40,8 @@ def _child(client, exp, parent, trial_id, status=None, metrics=None):
 
 def test_earlier_attempts_are_closed_and_a_finished_one_is_reused(store):
     client, exp, parent = store
-    settle = lambda trial: ms.close_earlier_attempts(client, trial, experiment_id=exp, parent_run_id=parent)  # noqa: E731
+    def settle(trial):
+        return ms.close_earlier_attempts(client, trial, experiment_id=exp, parent_run_id=parent)
 
     assert settle("t0") == (None, {"attempt": "1"})  # first attempt
     dead = _child(client, exp, parent, "t1")  # its worker died: left RUNNING
@@ -94,3 +95,20 @@ def test_cluster_helpers(tmp_path):
             check_address(bad)
     with pytest.raises(ConfigError, match="cannot reach a Ray cluster"):
         check_address("ray://127.0.0.1:9")
+
+
+def test_errored_trials_are_read_from_the_result_grid():
+    from types import SimpleNamespace as NS
+
+    from search.tuner import _error_line, interrupted, trial_errors
+
+    boom = RuntimeError("ray::ImplicitFunc.train() (pid=1)\n  File \"x.py\", line 3\nValueError: bad lr")
+    trials = [NS(trial_id="a", status="TERMINATED"), NS(trial_id="b", status="ERROR")]
+    grid = [NS(error=None, metrics={"trial_id": "a"}, path="/r/a"), NS(error=boom, metrics={}, path="/r/b")]
+    results = type("Grid", (list,), {"_experiment_analysis": NS(trials=trials)})(grid)
+    errors = trial_errors(results)
+    assert list(errors) == ["b"] and errors["b"].startswith("RuntimeError: ray::ImplicitFunc")
+    assert _error_line(errors["b"]) == "ValueError: bad lr"
+    assert not interrupted(results, 2) and interrupted(results, 3)
+    trials[0].status = "RUNNING"  # Ctrl-C: Tune returned with a trial still running
+    assert interrupted(results, 2)

@@ -2,12 +2,14 @@
 
 ``run_search.main`` runs in-process. Validation must fail before anything expensive, so loading
 the data and connecting to Ray are replaced by a sentinel: reaching it means the input passed
-validation (a failure for the generators that only build invalid input).
+validation (a failure for the generators that only build invalid input). 60 examples per
+property by default; ``FEATHERWEIGHT_HYPOTHESIS_EXAMPLES=3000`` for a deeper local run.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import socket
 from pathlib import Path
 from unittest import mock
@@ -23,8 +25,8 @@ from trainables.config import PARAMS
 
 FAST_SPACE = Path(__file__).with_name("fast.yaml")
 BASE_SPACE = yaml.safe_load(FAST_SPACE.read_text())
-SETTINGS = settings(max_examples=int(__import__("os").environ.get("FW_HYP_N", 60)), deadline=None, database=None,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+SETTINGS = settings(max_examples=int(os.environ.get("FEATHERWEIGHT_HYPOTHESIS_EXAMPLES", 60)), deadline=None,
+                    database=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
 class Validated(Exception):
@@ -114,7 +116,8 @@ def broken_space(draw) -> tuple[object, str]:
         return doc, key
     if kind == "non_numeric":
         key = draw(st.sampled_from(numeric_keys))
-        params[key] = draw(st.text(max_size=8).filter(lambda v: not _is_number(v)) | st.lists(st.integers(), max_size=2))
+        params[key] = draw(st.text(max_size=8).filter(lambda v: not _is_number(v))
+                           | st.lists(st.integers(), max_size=2))
         return doc, key
     if kind == "out_of_range":
         key = draw(st.sampled_from([k for k in numeric_keys if PARAMS[k].high is not None]))
