@@ -20,11 +20,8 @@ Columns of :func:`load_trials` (one row per trial run):
   ``tag.pareto_rank``...), strings; MLflow's own ``mlflow.*`` tags are left out.
 
 Final versus per-epoch metrics: a trial logs per-epoch values of ``accuracy``, ``size_bytes``...
-at ``step=epoch`` (1, 2, ...) and the final values of the same names at step 0. MLflow's
-"latest value" of a metric is the one with the highest step, i.e. the *last epoch's*, which is
-not the final (best-epoch, saved-artifact) value. This module therefore takes, for every
-metric logged at a step other than 0, the value last logged at step 0 when there is one
-(one ``get_metric_history`` call per such metric), and MLflow's latest value otherwise.
+at ``step=epoch`` (1, 2, ...) and the final values (the saved student's) of the same names one
+step after the last epoch, so MLflow's "latest value" of each metric is the final one.
 
 The frame's ``attrs`` hold ``tracking_uri``, ``experiment_id``, ``experiment_name``,
 ``parent_run_id`` and ``search_id`` of what was loaded.
@@ -159,21 +156,8 @@ def find_parent_run(tracking_uri: str | None, experiment: str, search_id: str | 
 
 
 def _final_metrics(client: Any, run: Any) -> dict[str, float]:
-    """The run's final metric values: the last value logged at step 0 when the metric was also
-    logged at other steps (per-epoch values), else MLflow's latest value (see module doc)."""
-    objs = getattr(run.data, "_metric_objs", None)
-    if objs is None:  # not a store-built RunData: look at every metric's history
-        latest_steps = {k: 1 for k in run.data.metrics}
-    else:
-        latest_steps = {m.key: m.step for m in objs}
-    out = {k: float(v) for k, v in run.data.metrics.items()}
-    for key, step in latest_steps.items():
-        if step == 0:
-            continue
-        at_zero = [m for m in client.get_metric_history(run.info.run_id, key) if m.step == 0]
-        if at_zero:
-            out[key] = float(max(enumerate(at_zero), key=lambda im: (im[1].timestamp, im[0]))[1].value)
-    return out
+    """The run's final metric values: MLflow's latest (highest-step) value of each metric."""
+    return {k: float(v) for k, v in run.data.metrics.items()}
 
 
 def _typed_param(key: str, value: str) -> Any:

@@ -52,9 +52,10 @@ class Store:
         rid = run.info.run_id
         cfg = resolve_config(config or {"student": "ffn", "embedding": "hash"})
         now = int(time.time() * 1000)
-        # per-epoch values at step = epoch, then the final values at step 0 logged last (as the pipeline does)
+        # per-epoch values at step = epoch, then the final values one step after the last epoch (as the pipeline does)
         ms = [Metric(k, v, now + i, i + 1) for k, values in (epochs or {}).items() for i, v in enumerate(values)]
-        ms += [Metric(k, float(v), now + 100, 0) for k, v in (metrics or {}).items()]
+        last = max((len(v) for v in (epochs or {}).values()), default=0)
+        ms += [Metric(k, float(v), now + 100, last + 1) for k, v in (metrics or {}).items()]
         tags = [RunTag("energy_method", energy_method)] if status == "FINISHED" else []
         self.client.log_batch(rid, metrics=ms, params=[Param(k, str(v)) for k, v in cfg.items()], tags=tags,
                               synchronous=True)
