@@ -397,6 +397,8 @@ def replay(
 
     from analysis.runs import _experiment
     from search.tuner import build_trial_data
+    from spaces import Space
+    from trainables.augment import prepare_for_space
     from trainables.pipeline import RunSettings, run_trial
     from trainables.tracking import MlflowTracker
 
@@ -438,6 +440,8 @@ def replay(
     exp_id = _experiment(client, uri, experiment).experiment_id if experiment else source.info.experiment_id
 
     data = build_trial_data(task, data_dir, teacher, cache_dir)
+    # the augmented transfer set the trial trained on (cached by the search: same key, same rows)
+    data = prepare_for_space(data, Space(fixed=dict(config)), teacher, cache_dir)
     src_tags = source.data.tags
     data_matches = (src_tags.get("data_hash") in (None, data.train.data_hash)
                     and src_tags.get("dev_data_hash") in (None, data.dev.data_hash))

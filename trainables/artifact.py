@@ -30,9 +30,13 @@ ARTIFACT_NAME = "student.safetensors"
 
 
 def file_sizes(path: str | Path) -> dict[str, int]:
-    """``{"size_bytes": bytes of the file, "gzip_bytes": bytes after gzip level 9}`` (the thesis measure)."""
+    """``{"size_bytes": bytes of the file, "gzip_bytes": bytes after gzip}`` (the thesis measure).
+
+    gzip runs at its command-line default, level 6 (level 9 saves about 1% more on students and
+    takes minutes on a 60 MB transformer student).
+    """
     data = Path(path).read_bytes()
-    return {"size_bytes": len(data), "gzip_bytes": len(gzip.compress(data, compresslevel=9, mtime=0))}
+    return {"size_bytes": len(data), "gzip_bytes": len(gzip.compress(data, compresslevel=6, mtime=0))}
 
 
 def save_student(model: Student, config: Mapping[str, Any], encoder: TextEncoder, num_labels: int, pair: bool,

@@ -20,7 +20,7 @@ def test_roundtrip_reproduces_predictions_and_sizes_are_file_bytes(kind, tmp_pat
     sizes = save_student(model, cfg, enc, 2, False, path)
     data = path.read_bytes()
     assert sizes["size_bytes"] == len(data)
-    assert sizes["gzip_bytes"] == len(gzip.compress(data, compresslevel=9, mtime=0))
+    assert sizes["gzip_bytes"] == len(gzip.compress(data, compresslevel=6, mtime=0))
     assert sizes["weights_bytes"] == sum(v.numel() * 4 for v in model.state_dict().values() if v.is_floating_point()) + \
         sum(v.numel() * v.element_size() for v in model.state_dict().values() if not v.is_floating_point())
     loaded, loaded_enc, loaded_cfg = load_student(path)
