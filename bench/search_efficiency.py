@@ -22,11 +22,11 @@ Ray's start-up and per-trial overhead (see ``bench/overhead.py`` for that) and l
 configs be memoised: a trial is deterministic for its config (fixed trial seed, deterministic
 CPU training), so a config asked again, by any sampler or seed, is told the stored result.
 
-Note on defaults: TPE and GP sample at random for their first 10 trials and NSGA-II for its whole
-first generation (50 trials), as in the service. Seeded alike, all four draw the *same* random
-configs (Optuna's ``RandomSampler`` with that seed), so seeds pair the samplers (common random
-numbers): their curves coincide until TPE and GP start modelling, and with a budget of at most
-50 NSGA-II repeats random search exactly (all its trials are memoised).
+Note on defaults: TPE and GP sample at random for their first 10 trials and NSGA-II for its first
+generation, whose size the service sets to the budget (``clip(trials // 4, 4, 50)``, see
+:func:`search.tuner.make_sampler`). Seeded alike, all four draw the *same* random configs at
+first (Optuna's ``RandomSampler`` with that seed), so seeds pair the samplers (common random
+numbers): their curves coincide until each starts modelling.
 
 Usage:
     python bench/search_efficiency.py --quick          # 4 samplers x 3 seeds x 24 trials (about 5 minutes)
@@ -71,7 +71,7 @@ def run_sampler(name, seed, trials, space, dists, evaluate):
 
     objectives = space.objectives
     study = optuna.create_study(directions=["maximize" if d == "max" else "minimize" for d in objectives.values()],
-                                sampler=make_sampler(name, seed))
+                                sampler=make_sampler(name, seed, trials))
     rows = []
     for n in range(1, trials + 1):
         t0 = time.perf_counter()

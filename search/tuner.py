@@ -176,14 +176,19 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def make_sampler(name: str, seed: int) -> Any:
-    """The Optuna sampler for ``--sampler`` (multi-objective capable), seeded."""
+def make_sampler(name: str, seed: int, num_samples: int | None = None) -> Any:
+    """The Optuna sampler for ``--sampler`` (multi-objective capable), seeded.
+
+    NSGA-II's population is sized to the budget, ``clip(num_samples // 4, 4, 50)``: with Optuna's
+    default of 50, a search of 50 trials or fewer never leaves its random first generation.
+    """
     import optuna
 
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed)
     if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed)
+        population = 50 if num_samples is None else min(50, max(4, num_samples // 4))
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=population)
     if name == "gp":
         return optuna.samplers.GPSampler(seed=seed)
     return optuna.samplers.RandomSampler(seed=seed)
@@ -283,7 +288,7 @@ def run_search(opts: SearchOptions) -> pd.DataFrame:
         from ray.tune.search.optuna import OptunaSearch
 
         searcher = OptunaSearch(metric=list(plan.objectives), mode=list(plan.objectives.values()),
-                                sampler=make_sampler(opts.sampler, opts.seed), study_name=tune_name,
+                                sampler=make_sampler(opts.sampler, opts.seed, opts.num_samples), study_name=tune_name,
                                 points_to_evaluate=_initial_points(plan))
         return tune.Tuner(
             trainable,
