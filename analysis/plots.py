@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import MaxNLocator, NullFormatter
 
 from analysis.pareto import _objective_columns, pareto_ranks
 from trainables.config import ConfigError
@@ -138,6 +138,7 @@ def _skyline_figure(
     ax.step(fx, fy, where="post" if directions[0] == "min" else "pre", color=_FRONT_COLOR, lw=1.5, zorder=2)
     if log_x:
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # decade labels only: minor ones overlap
     ax.set_xlabel(_label(x))
     ax.set_ylabel(_label(y))
     ax.set_title(title or f"{y} vs {x}: all trials and the Pareto front")
@@ -226,6 +227,7 @@ def _pairwise_figure(
         ax.scatter(xs[front], ys[front], s=30, facecolors="none", edgecolors=_FRONT_COLOR, lw=1.2, zorder=3)
         if cx in log_cols:
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())
         if cy in log_cols:
             ax.set_yscale("log")
         ax.set_xlabel(_label(cx))  # panels do not share axes: label each one
