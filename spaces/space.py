@@ -204,7 +204,7 @@ def _parse_point(point: Any, space: Space, where: str) -> dict[str, Any]:
     extra = sorted(set(point) - set(space.params))
     missing = sorted(set(space.params) - set(point))
     if extra:
-        raise ConfigError(f"{where}: {', '.join(map(str, extra))} not searched; allowed: {', '.join(space.params)}")
+        raise ConfigError(f"{where}: {', '.join(map(repr, extra))} not searched; allowed: {', '.join(space.params)}")
     if missing:
         raise ConfigError(f"{where}: missing searched key(s) {', '.join(missing)}")
     out = {}

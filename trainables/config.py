@@ -167,7 +167,7 @@ def _check_value(key: str, value: Any, where: str) -> Any:
 def check_key(key: str, where: str = "config") -> None:
     """Raise :class:`ConfigError` if ``key`` is not a trial-config key."""
     if key not in PARAMS:
-        raise ConfigError(f"{where}: unknown key '{key}'; allowed: {', '.join(sorted(PARAMS))}")
+        raise ConfigError(f"{where}: unknown key {key!r}; allowed: {', '.join(sorted(PARAMS))}")
 
 
 def check_value(key: str, value: Any, where: str = "config") -> Any:
