@@ -67,11 +67,12 @@ def encode_split(split: Split, encoder: TextEncoder, max_length: int, teacher: n
     """Tokenise ``split`` (or its ``rows``) with ``encoder``, keeping at most ``max_length`` tokens."""
     take = (lambda xs: [xs[i] for i in rows]) if rows is not None else (lambda xs: xs)
     ids_a, len_a = pad_batch(encoder.encode_batch(take(split.text_a)), max_length)
-    enc = Encoded(ids_a, len_a, torch.from_numpy(split.labels if rows is None else split.labels[rows]))
+    # copies: arrays shared through Ray's object store are read-only
+    enc = Encoded(ids_a, len_a, torch.tensor(split.labels if rows is None else split.labels[rows]))
     if split.is_pair:
         enc.ids_b, enc.len_b = pad_batch(encoder.encode_batch(take(split.text_b)), max_length)
     if teacher is not None:
-        enc.teacher = torch.from_numpy(np.ascontiguousarray(teacher if rows is None else teacher[rows]))
+        enc.teacher = torch.tensor(teacher if rows is None else teacher[rows])
     return enc
 
 
