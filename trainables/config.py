@@ -84,6 +84,8 @@ PARAMS: dict[str, Param] = {
     "temperature": Param("float", 1.0, low=1e-3, high=100.0, help="softmax temperature of the kl loss"),
     "distill_loss": Param("str", "mse", ("mse", "kl"), help="mse on raw logits, or T^2 * KL on softened outputs"),
     "stages": Param("str", "distill", help="comma-separated subset of distill,prune,quantize, in that order"),
+    "init_run_id": Param("str", "", help="start from the student saved by this MLflow run of the same store "
+                                         "(further compression of a selected student); '' = a new student"),
     # transfer-set augmentation (trainables/augment.py; Tang et al. 2019, section 3.3)
     "augment_n": Param("int", 0, low=0, high=1000,
                        help="synthetic examples per training sentence, labelled by the teacher; 0 = off"),
@@ -133,6 +135,11 @@ THESIS_SPARSITY = {
     "embedding": {"hash": 0.0, "char": 0.3, "bpe": 0.4},
 }
 BITS_ALLOWED = (2, 3, 4, 5, 6, 7, 8, 16, 32)
+
+# keys that define a student's architecture and tokenizer: a trial started from an earlier
+# run's student (init_run_id) takes these from that student's saved config
+ARCHITECTURE_KEYS = ("student", "embedding", "embedding_dim", "vocab_size", "hash_functions", "hash_token_space",
+                     "hidden_dim", "classifier_dim", "pooling", "max_length", "transformer_layers")
 
 _DEFAULT_HIDDEN = {"bilstm": 150, "rnn": 100, "ffn": 100, "transformer": 0}  # transformer: the teacher's (unused)
 _DEFAULT_CLASSIFIER = {"bilstm": 200, "rnn": 100, "ffn": 0, "transformer": 0}

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import random
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -28,7 +28,7 @@ import torch
 import yaml
 
 from trainables import artifact, augment, energy, packed, transformer_student
-from trainables.config import parse_stages, resolve_config
+from trainables.config import ARCHITECTURE_KEYS, parse_stages, resolve_config
 from trainables.data import Split
 from trainables.distill import encode_split, predict, train
 from trainables.embeddings import build_encoder
@@ -119,13 +119,19 @@ def run_trial(config: Mapping[str, Any], data: TrialData, workdir: str | Path, t
     tracker = tracker or MemoryTracker()
     cfg = resolve_config(config)
     workdir = Path(workdir)
+    init = None
+    if cfg["init_run_id"]:  # further compression of an earlier run's student: its architecture, its weights
+        model, encoder, source_cfg = artifact.load_student(tracker.fetch_student(cfg["init_run_id"], workdir / "init"))
+        cfg.update({k: source_cfg[k] for k in ARCHITECTURE_KEYS if k in source_cfg})
+        settings = replace(settings, tags={**settings.tags, "source_run_id": cfg["init_run_id"]})
+        init = (encoder, model)
     torch.set_num_threads(settings.threads or 1)
     seed_everything(cfg["seed"])
     tags = {**settings.tags, **environment_tags(), "seed": str(cfg["seed"]), "data_hash": data.train.data_hash,
             "dev_data_hash": data.dev.data_hash, "teacher_id": data.teacher_id, "task": data.train.task}
     tracker.start(run_name, params=cfg, tags=tags)
     try:
-        final = _run(cfg, data, workdir, tracker, settings, report)
+        final = _run(cfg, data, workdir, tracker, settings, report, init)
     except BaseException as e:
         tracker.set_tags({"error": f"{type(e).__name__}: {e}"[:4000]})
         tracker.finish("FAILED")
@@ -135,7 +141,7 @@ def run_trial(config: Mapping[str, Any], data: TrialData, workdir: str | Path, t
 
 
 def _run(cfg: dict[str, Any], data: TrialData, workdir: Path, tracker: Tracker, settings: RunSettings,
-         report: ReportFn | None) -> dict[str, Any]:
+         report: ReportFn | None, init: tuple[Any, torch.nn.Module] | None = None) -> dict[str, Any]:
     train_split, dev_split = data.train, data.dev
     rows = None
     if cfg["max_train_examples"] and cfg["max_train_examples"] < len(train_split):
@@ -149,7 +155,9 @@ def _run(cfg: dict[str, Any], data: TrialData, workdir: Path, tracker: Tracker, 
         [train_split.text_b[i] for i in rows] if train_split.is_pair else [])
     num_labels, pair = train_split.num_labels, train_split.is_pair
     aux_loss = None
-    if cfg["student"] == "transformer":  # the teacher's tokenizer and first k layers (+ Patient KD)
+    if init is not None:  # (encoder, model) of the student named by init_run_id
+        encoder, model = init
+    elif cfg["student"] == "transformer":  # the teacher's tokenizer and first k layers (+ Patient KD)
         encoder, model, aux_loss, pkd_metrics = transformer_student.prepare(
             data.teacher_path, cfg, train_split, rows, num_labels, pair)
         if pkd_metrics:

@@ -49,6 +49,16 @@ class Tracker:
     def finish(self, status: str = "FINISHED") -> None:
         raise NotImplementedError
 
+    def fetch_student(self, run_id: str, dst: str | Path) -> Path:
+        """Download the student file saved by run ``run_id`` (its ``model/*.safetensors``) into ``dst``.
+
+        Raises:
+            ConfigError: this tracker has no store to fetch from, or the run has no student.
+        """
+        from trainables.config import ConfigError
+
+        raise ConfigError(f"init_run_id {run_id!r}: starting from an earlier run's student needs MLflow tracking")
+
 
 class MemoryTracker(Tracker):
     """Keeps everything in memory (plain loops, benchmarks, tests)."""
@@ -144,6 +154,18 @@ class MlflowTracker(Tracker):
 
     def finish(self, status: str = "FINISHED") -> None:
         _retry(lambda: self.client.set_terminated(self.run_id, status=status))
+
+    def fetch_student(self, run_id: str, dst: str | Path) -> Path:
+        from trainables.config import ConfigError
+
+        try:
+            files = [a.path for a in self.client.list_artifacts(run_id, "model") if a.path.endswith(".safetensors")]
+        except Exception as e:
+            raise ConfigError(f"init_run_id {run_id!r}: no such run in the tracking store ({type(e).__name__})") from None
+        if not files:
+            raise ConfigError(f"init_run_id {run_id!r}: the run has no model/*.safetensors student")
+        Path(dst).mkdir(parents=True, exist_ok=True)
+        return Path(self.client.download_artifacts(run_id, files[0], str(dst)))
 
 
 def environment_tags() -> dict[str, str]:

@@ -48,3 +48,26 @@ def test_failed_trial_is_marked_failed(sst2_small, tmp_path):
     with pytest.raises(Exception):
         run_trial(FAST, bad, tmp_path, tracker)
     assert tracker.status == "FAILED" and tracker.tags["error"]
+
+
+def test_further_compression_starts_from_an_earlier_runs_student(sst2_small, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from trainables.config import ConfigError
+    from trainables.tracking import MlflowTracker
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    exp = MlflowClient(uri).create_experiment("fw", artifact_location=(tmp_path / "art").as_uri())
+    source = MlflowTracker(uri, exp)
+    first = run_trial(FAST, sst2_small, tmp_path / "a", source)
+    # a different architecture in the config: the source student's wins, and only prune + quantize run
+    tracker = MlflowTracker(uri, exp)
+    second = run_trial({"init_run_id": source.run_id, "stages": "prune,quantize", "student": "bilstm",
+                        "sparsity": 0.3, "bits_embedding": 8, "bits_encoder": 8, "bits_classifier": 8},
+                       sst2_small, tmp_path / "b", tracker)
+    run = MlflowClient(uri).get_run(tracker.run_id)
+    assert run.data.tags["source_run_id"] == source.run_id and run.data.params["student"] == "ffn"
+    assert second["num_params"] == first["num_params"] and second["size_bytes"] < first["size_bytes"]
+    assert abs(second["accuracy"] - first["accuracy"]) < 3.0  # 30% pruning + 8 bits of a trained student
+    with pytest.raises(ConfigError, match="needs MLflow tracking"):
+        run_trial({"init_run_id": source.run_id}, sst2_small, tmp_path / "c")
