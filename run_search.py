@@ -201,6 +201,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {_one_line(str(e))}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished trials are kept; `python run_search.py resume --experiment NAME` finishes a "
+              "search", file=sys.stderr)
+        return 130
 
 
 def _one_line(message: str) -> str:

@@ -192,9 +192,8 @@ def _minimal_config(config: Mapping[str, Any], where: str) -> dict[str, Any]:
     """``config`` without the student-dependent keys whose value :func:`resolve_config` would
     derive anyway (keys declared with default ``None``, e.g. ``classifier_dim``).
 
-    A resolved config does not always pass :func:`resolve_config` again (an ``ffn`` student
-    resolves ``classifier_dim`` to 0, below the key's declared minimum of 1); its minimal form
-    does, and resolves to the same config.
+    Dropping them lets a replay of an edited config (say, another ``student``) get that
+    student's defaults instead of the source's; the minimal form resolves to the same config.
 
     Raises:
         ConfigError: an invalid config.
@@ -458,7 +457,7 @@ def replay(
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-    original = _final_metrics(client, source)
+    original = _final_metrics(source)
     diff = _compare(final, original)
     _print_comparison(source_id, tracker.run_id or "", final, original, diff)
     metric = next((m for m in _PERCENT_METRICS if m in diff), None)

@@ -155,7 +155,7 @@ def find_parent_run(tracking_uri: str | None, experiment: str, search_id: str | 
     return _find_parent(client, _experiment(client, uri, experiment), search_id)
 
 
-def _final_metrics(client: Any, run: Any) -> dict[str, float]:
+def _final_metrics(run: Any) -> dict[str, float]:
     """The run's final metric values: MLflow's latest (highest-step) value of each metric."""
     return {k: float(v) for k, v in run.data.metrics.items()}
 
@@ -207,7 +207,7 @@ def _trial_row(client: Any, run: Any, order: int) -> dict[str, Any]:
         "end_time": pd.to_datetime(info.end_time, unit="ms", utc=True) if info.end_time else pd.NaT,
         "trial_order": order,
     }
-    row.update(_final_metrics(client, run))
+    row.update(_final_metrics(run))
     row.update({PARAM_PREFIX + k: _typed_param(k, v) for k, v in run.data.params.items()})
     row.update({TAG_PREFIX + k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")})
     return row

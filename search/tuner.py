@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import os
 import subprocess
 import tempfile
@@ -116,6 +117,11 @@ def plan_search(opts: SearchOptions) -> Plan:
     if opts.cpus_per_trial <= 0 or opts.gpus_per_trial < 0 or opts.max_failures < 0:
         raise ConfigError("--cpus-per-trial must be > 0, --gpus-per-trial and --max-failures >= 0")
     check_value("seed", opts.seed, "--seed")
+    for flag, value, ok, rule in (("--pue", opts.pue, lambda v: v >= 1, "at least 1"),
+                                  ("--kg-per-kwh", opts.kg_per_kwh, lambda v: v >= 0, "at least 0"),
+                                  ("--cpu-watts-per-core", opts.cpu_watts_per_core, lambda v: v > 0, "above 0")):
+        if value is not None and not (math.isfinite(value) and ok(value)):
+            raise ConfigError(f"{flag} must be a finite number {rule}, got {value}")
     if opts.data_dir is not None:
         for split in ("train", "dev"):
             local_split_path(task, split, opts.data_dir)
@@ -278,7 +284,11 @@ def run_search(opts: SearchOptions) -> pd.DataFrame:
               "teacher_id": data.teacher_id, "sampler": opts.sampler,
               "random_search": str(opts.sampler == "random").lower(),
               mlflow_store.OPTIONS_TAG: json.dumps(recorded_options(plan))})
-    client.log_artifact(parent_id, opts.space, "space")
+    try:
+        client.log_artifact(parent_id, opts.space, "space")
+    except Exception:
+        mlflow_store.close_search(client, experiment_id, parent_id, "FAILED", {})
+        raise
     print(f"MLflow: experiment {opts.experiment!r} (id {experiment_id}), parent run {parent_id} in {plan.tracking_uri}",
           flush=True)
     print(f"Ray Tune: experiment state in {tune_path} (resume with: python run_search.py resume --experiment "

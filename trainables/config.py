@@ -54,7 +54,7 @@ class Param:
 PARAMS: dict[str, Param] = {
     # what and how reproducibly
     "task": Param("str", "sst2", TASKS, help="GLUE task"),
-    "seed": Param("int", 0, low=0, help="random seed of the trial (torch, numpy, python)"),
+    "seed": Param("int", 0, low=0, high=2**32 - 1, help="random seed of the trial (torch, numpy, python)"),
     "max_train_examples": Param("int", 0, low=0, help="use the first N shuffled training rows; 0 = all"),
     # student
     "student": Param("str", "bilstm", STUDENTS, help="student architecture"),
@@ -147,6 +147,8 @@ _DEFAULT_CLASSIFIER = {"bilstm": 200, "rnn": 100, "ffn": 0, "transformer": 0}
 
 def _check_value(key: str, value: Any, where: str) -> Any:
     spec = PARAMS[key]
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**63:
+        raise ConfigError(f"{where}: '{key}' = {value} is out of range")  # before math.isfinite overflows
     if spec.kind == "int":
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or float(value) != int(value):
             raise ConfigError(f"{where}: '{key}' must be an integer, got {value!r}")

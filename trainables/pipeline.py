@@ -122,7 +122,8 @@ def run_trial(config: Mapping[str, Any], data: TrialData, workdir: str | Path, t
     init = None
     if cfg["init_run_id"]:  # further compression of an earlier run's student: its architecture, its weights
         model, encoder, source_cfg = artifact.load_student(tracker.fetch_student(cfg["init_run_id"], workdir / "init"))
-        cfg.update({k: source_cfg[k] for k in ARCHITECTURE_KEYS if k in source_cfg})
+        # resolved again so that student-dependent defaults and checks follow the source student
+        cfg = resolve_config({**config, **{k: source_cfg[k] for k in ARCHITECTURE_KEYS if k in source_cfg}})
         settings = replace(settings, tags={**settings.tags, "source_run_id": cfg["init_run_id"]})
         init = (encoder, model)
     torch.set_num_threads(settings.threads or 1)

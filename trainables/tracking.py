@@ -130,7 +130,11 @@ class MlflowTracker(Tracker):
         else:
             self.set_tags(all_tags)
         p = [Param(k, str(v)) for k, v in params.items()]
-        _retry(lambda: self.client.log_batch(self.run_id, params=p, synchronous=True))
+        try:
+            _retry(lambda: self.client.log_batch(self.run_id, params=p, synchronous=True))
+        except Exception:
+            self.finish("FAILED")  # never leave the run RUNNING
+            raise
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         from mlflow.entities import Metric

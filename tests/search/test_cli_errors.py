@@ -59,6 +59,10 @@ def test_unreachable_tracking_server_and_unknown_flag(tmp_path, base_args):
     _check_one_line_exit_2(proc, "tracking server http://127.0.0.1:9 is unreachable", tmp_path)
     _check_one_line_exit_2(_run(base_args + ["--bogus"], tmp_path), "unrecognized arguments: --bogus", tmp_path)
     _check_one_line_exit_2(_run(base_args + ["--set", "lrr=1"], tmp_path), "unknown key 'lrr'", tmp_path)
+    _check_one_line_exit_2(_run(base_args + ["--pue", "0.5"], tmp_path), "--pue must be a finite number at least 1",
+                           tmp_path)
+    _check_one_line_exit_2(_run(base_args + ["--seed", str(2**40)], tmp_path), "above its maximum", tmp_path)
+    _check_one_line_exit_2(_run(base_args + ["--set", "epochs=" + "9" * 400], tmp_path), "out of range", tmp_path)
 
 
 def test_missing_teacher_says_how_to_make_one(tmp_path, glue_dir):
