@@ -114,7 +114,7 @@ def resume_search(experiment: str, tracking_uri: str | None = None, search_id: s
     num_samples = int(mlflow_store.search_options_of(parent).get("num_samples", 0))
     if parent.info.status == "FINISHED" and len(finished) >= num_samples:
         print(f"search {sid} is complete ({len(finished)} finished trials); nothing to resume", flush=True)
-        return trials_frame(client, experiment_id, parent_id)
+        return trials_frame(uri, experiment_id, parent_id)
     plan, path = plan_resume(parent, uri, address, storage_path)
     print_notes(plan)
     if plan.options.address is not None:

@@ -425,31 +425,28 @@ def _initial_points(plan: Plan) -> list[dict[str, Any]] | None:
     return plan.space.initial_points[: plan.options.num_samples]
 
 
-def trials_frame(client: Any, experiment_id: str, parent_id: str) -> pd.DataFrame:
-    """Finished child runs of a search as rows: run id, trial id, student, embedding, and metrics."""
-    from search.mlflow_store import child_runs
+def trials_frame(tracking_uri: str, experiment_id: str, parent_id: str) -> pd.DataFrame:
+    """Finished trial runs of a search (:func:`analysis.runs.load_trials`), with the columns the
+    Pareto table shows under short names: ``trial_id``, ``student``, ``embedding``,
+    ``embedding_dim``, ``stages``, ``energy_method``, then the metrics."""
+    from analysis.runs import PARAM_PREFIX, TAG_PREFIX, load_trials
 
-    rows = []
-    for run in child_runs(client, experiment_id, parent_id):
-        if run.info.status != "FINISHED":
-            continue
-        p, m, t = run.data.params, run.data.metrics, run.data.tags
-        rows.append({"run_id": run.info.run_id, "trial_id": t.get("trial_id", ""), "student": p.get("student"),
-                     "embedding": p.get("embedding"), "embedding_dim": p.get("embedding_dim"),
-                     "energy_method": t.get("energy_method", ""), **m})
-    return pd.DataFrame(rows)
+    df = load_trials(tracking_uri, experiment_id, search_id=parent_id)
+    short = {f"{TAG_PREFIX}trial_id": "trial_id", f"{TAG_PREFIX}energy_method": "energy_method",
+             **{f"{PARAM_PREFIX}{k}": k for k in ("student", "embedding", "embedding_dim", "stages")}}
+    return df.rename(columns=short)
 
 
 def _pareto_report(client: Any, experiment_id: str, parent_id: str, objectives: dict[str, str],
                    pareto_ranks: Any) -> pd.DataFrame:
-    df = trials_frame(client, experiment_id, parent_id)
+    df = trials_frame(client.tracking_uri, experiment_id, parent_id)
     if df.empty:
         print("no trial finished; no Pareto front", flush=True)
         return df
     ranks = pareto_ranks(df[list(objectives)].to_numpy(dtype=float), list(objectives.values()))
     df["pareto_rank"] = ranks
     front = df[df["pareto_rank"] == 0].sort_values(list(objectives)[0], ascending=False)
-    cols = ["trial_id", "student", "embedding", "embedding_dim", "accuracy", "size_bytes", "gzip_bytes",
+    cols = ["trial_id", "student", "embedding", "embedding_dim", "stages", "accuracy", "size_bytes", "gzip_bytes",
             "energy_j", "energy_method", "run_id"]
     front = front[[c for c in cols if c in front.columns]]
     with tempfile.TemporaryDirectory() as tmp:
