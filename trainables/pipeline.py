@@ -141,17 +141,51 @@ def run_trial(config: Mapping[str, Any], data: TrialData, workdir: str | Path, t
     return final
 
 
-def _run(cfg: dict[str, Any], data: TrialData, workdir: Path, tracker: Tracker, settings: RunSettings,
-         report: ReportFn | None, init: tuple[Any, torch.nn.Module] | None = None) -> dict[str, Any]:
-    train_split, dev_split = data.train, data.dev
+@dataclass
+class Prepared:
+    """A trial's student and encoded data, ready for :func:`trainables.distill.train`.
+
+    Attributes:
+        encoder: the text encoder (tokenizer + vocabulary) of the student.
+        model: the student, on the requested device.
+        train_enc, dev_enc: the encoded transfer set (with teacher logits) and dev split.
+        aux_loss: an extra loss term for :func:`trainables.distill.train` (Patient KD), or ``None``.
+        metrics, tags: what the preparation measured (augmentation cost, Patient KD set-up),
+            for the trial's run.
+    """
+
+    encoder: Any
+    model: torch.nn.Module
+    train_enc: Any
+    dev_enc: Any
+    aux_loss: Callable[[torch.Tensor], torch.Tensor] | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def prepare(cfg: dict[str, Any], data: TrialData, device: str = "cpu",
+            init: tuple[Any, torch.nn.Module] | None = None) -> Prepared:
+    """Build a trial's student and its encoded transfer set from a resolved config.
+
+    The transfer set is the trial's training rows (the first ``max_train_examples`` of a
+    seeded shuffle; all when 0) plus the driver's teacher-labelled augmentation rows.
+
+    Args:
+        cfg: a resolved config (:func:`trainables.config.resolve_config`).
+        data: the splits and teacher logits.
+        device: where the student goes (``cpu`` or ``cuda``).
+        init: ``(encoder, model)`` to start from instead of a new student (``init_run_id``).
+
+    Raises:
+        ConfigError: a config the data cannot serve (e.g. augmentation the driver did not prepare).
+    """
+    train_split = data.train
     rows = None
     if cfg["max_train_examples"] and cfg["max_train_examples"] < len(train_split):
         rows = np.random.default_rng(cfg["seed"]).permutation(len(train_split))[: cfg["max_train_examples"]]
     # the transfer set: the trial's rows plus the driver's teacher-labelled synthetic rows made from them
     train_split, train_logits, rows, aug_metrics, aug_tags = augment.transfer_set(data, cfg, rows)
-    if aug_metrics:
-        tracker.log_metrics(aug_metrics)
-        tracker.set_tags(aug_tags)
+    metrics, tags = dict(aug_metrics or {}), dict(aug_tags or {})
     texts = train_split.texts() if rows is None else [train_split.text_a[i] for i in rows] + (
         [train_split.text_b[i] for i in rows] if train_split.is_pair else [])
     num_labels, pair = train_split.num_labels, train_split.is_pair
@@ -161,14 +195,23 @@ def _run(cfg: dict[str, Any], data: TrialData, workdir: Path, tracker: Tracker, 
     elif cfg["student"] == "transformer":  # the teacher's tokenizer and first k layers (+ Patient KD)
         encoder, model, aux_loss, pkd_metrics = transformer_student.prepare(
             data.teacher_path, cfg, train_split, rows, num_labels, pair)
-        if pkd_metrics:
-            tracker.log_metrics(pkd_metrics)
+        metrics.update(pkd_metrics or {})
     else:
         encoder = build_encoder(cfg["embedding"], texts, cfg["vocab_size"], cfg["hash_token_space"])
         model = build_student(cfg, encoder, num_labels, pair)
-    model = model.to(settings.device)
-    train_enc = encode_split(train_split, encoder, cfg["max_length"], train_logits, rows)
-    dev_enc = encode_split(dev_split, encoder, cfg["max_length"])
+    return Prepared(encoder, model.to(device), encode_split(train_split, encoder, cfg["max_length"], train_logits, rows),
+                    encode_split(data.dev, encoder, cfg["max_length"]), aux_loss, metrics, tags)
+
+
+def _run(cfg: dict[str, Any], data: TrialData, workdir: Path, tracker: Tracker, settings: RunSettings,
+         report: ReportFn | None, init: tuple[Any, torch.nn.Module] | None = None) -> dict[str, Any]:
+    prep = prepare(cfg, data, settings.device, init)
+    if prep.metrics:
+        tracker.log_metrics(prep.metrics)
+    if prep.tags:
+        tracker.set_tags(prep.tags)
+    encoder, model, train_enc, dev_enc, aux_loss = prep.encoder, prep.model, prep.train_enc, prep.dev_enc, prep.aux_loss
+    num_labels, pair = data.train.num_labels, data.train.is_pair
 
     # the GPUs this trial trains on (none on CPU: an idle GPU's draw is not this trial's)
     meter = energy.make_meter(gpu_indices=None if settings.device == "cuda" else [],
