@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -158,7 +159,8 @@ class TrainResult:
         best_epoch: 1-based epoch whose weights were kept.
         best_accuracy: its dev accuracy, percent.
         history: one dict per epoch: ``epoch``, ``train_loss``, ``accuracy`` (dev, percent), ``epoch_time_s``.
-        train_time_s: wall time of all epochs, seconds (dev evaluation included).
+        train_time_s: wall time of all epochs, seconds (dev evaluation included; with ``resume``,
+            the earlier attempt's epochs count too).
     """
 
     best_epoch: int
@@ -167,9 +169,58 @@ class TrainResult:
     train_time_s: float = 0.0
 
 
+@dataclass
+class TrainState:
+    """Everything :func:`train` needs to continue after a completed epoch, exactly as if it had
+    not stopped (a retried Ray Tune trial resumes from it).
+
+    Attributes:
+        epoch: the last completed epoch (1-based).
+        model: the student's ``state_dict`` after that epoch.
+        optimizer: the optimizer's ``state_dict``.
+        best: the best epoch's ``state_dict``, or ``None`` when it is ``model`` (the last epoch was best).
+        best_epoch, best_accuracy: the best epoch so far and its dev accuracy (percent).
+        stale: epochs since the best one (early stopping).
+        stopped: early stopping ended training at ``epoch``.
+        shuffle_rng, torch_rng: the batch-order generator's and torch's global RNG states
+            (uint8 tensors): dropout and shuffling continue as in an uninterrupted run.
+        history: the epochs' rows so far.
+        train_time_s: seconds spent in those epochs.
+    """
+
+    epoch: int
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    best: dict[str, torch.Tensor] | None
+    best_epoch: int
+    best_accuracy: float
+    stale: int
+    stopped: bool
+    shuffle_rng: torch.Tensor
+    torch_rng: torch.Tensor
+    history: list[dict[str, float]]
+    train_time_s: float
+
+    def save(self, path: str | Path) -> None:
+        """Write the state with ``torch.save`` (tensors, numbers and strings only)."""
+        torch.save(self.__dict__, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainState:
+        """Read a state written by :meth:`save`, with ``torch.load(weights_only=True)`` (no code runs).
+
+        Raises:
+            FileNotFoundError: no file at ``path``.
+            pickle.UnpicklingError: the file holds objects other than tensors and plain containers.
+        """
+        return cls(**torch.load(path, map_location="cpu", weights_only=True))
+
+
 def train(model: nn.Module, train_data: Encoded, dev_data: Encoded, config: Mapping[str, Any],
           on_epoch: Callable[[dict[str, float]], None] | None = None,
-          aux_loss: Callable[[torch.Tensor], torch.Tensor] | None = None) -> TrainResult:
+          aux_loss: Callable[[torch.Tensor], torch.Tensor] | None = None,
+          resume: TrainState | None = None,
+          on_state: Callable[[TrainState], None] | None = None) -> TrainResult:
     """Distil ``model`` on ``train_data`` and leave it holding the best dev epoch's weights.
 
     Trains on the device ``model`` is on (CPU or CUDA); data moves there batch by batch.
@@ -183,9 +234,15 @@ def train(model: nn.Module, train_data: Encoded, dev_data: Encoded, config: Mapp
         aux_loss: called after each forward pass with the batch's row indices (int64 tensor);
             the scalar it returns is added to the loss (e.g. Patient KD,
             :func:`trainables.transformer_student.prepare`).
+        resume: continue after the epoch this state was taken at (same model, data and config);
+            on CPU the result equals an uninterrupted run's exactly.
+        on_state: called after each epoch, before ``on_epoch``, with the state to resume from
+            (e.g. to save it with the epoch's checkpoint). Copying the state costs one copy of
+            the weights and the optimizer's moments; without ``on_state`` none is made.
 
     Raises:
-        ValueError: no teacher logits, or unknown optimizer/loss.
+        ValueError: no teacher logits, unknown optimizer/loss, or ``resume`` from a longer run
+            than ``config["epochs"]``.
     """
     if train_data.teacher is None:
         raise ValueError("train_data has no teacher logits")
@@ -193,11 +250,25 @@ def train(model: nn.Module, train_data: Encoded, dev_data: Encoded, config: Mapp
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(int(config["seed"]))
     opt = make_optimizer(config["optimizer"], model.parameters(), float(config["lr"]), float(config["weight_decay"]))
-    bs, patience = int(config["batch_size"]), int(config["patience"])
+    bs, patience, epochs = int(config["batch_size"]), int(config["patience"]), int(config["epochs"])
     alpha, kind, temp = float(config["alpha"]), config["distill_loss"], float(config["temperature"])
     result = TrainResult(best_epoch=0, best_accuracy=-1.0)
-    best_state, stale, start = None, 0, time.perf_counter()
-    for epoch in range(1, int(config["epochs"]) + 1):
+    best_state, stale, stopped, first, earlier_s = None, 0, False, 1, 0.0
+    if resume is not None:
+        if resume.epoch > epochs:
+            raise ValueError(f"cannot resume after epoch {resume.epoch} of a {epochs}-epoch training")
+        model.load_state_dict(resume.model)
+        opt.load_state_dict(resume.optimizer)
+        gen.set_state(resume.shuffle_rng)
+        torch.set_rng_state(resume.torch_rng)
+        best_state = copy.deepcopy(resume.best if resume.best is not None else resume.model)
+        result.best_epoch, result.best_accuracy = resume.best_epoch, resume.best_accuracy
+        result.history = [dict(row) for row in resume.history]
+        stale, stopped, first, earlier_s = resume.stale, resume.stopped, resume.epoch + 1, resume.train_time_s
+    start = time.perf_counter()
+    for epoch in range(first, epochs + 1):
+        if stopped:
+            break
         t0 = time.perf_counter()
         model.train()
         total, batches = 0.0, 0
@@ -214,16 +285,33 @@ def train(model: nn.Module, train_data: Encoded, dev_data: Encoded, config: Mapp
         row = {"epoch": epoch, "train_loss": total / max(batches, 1), "accuracy": acc,
                "epoch_time_s": time.perf_counter() - t0}
         result.history.append(row)
-        if on_epoch is not None:
-            on_epoch(row)
         if acc > result.best_accuracy:
             result.best_epoch, result.best_accuracy, stale = epoch, acc, 0
             best_state = copy.deepcopy(model.state_dict())
         else:
             stale += 1
-            if patience and stale >= patience:
-                break
+        stopped = bool(patience and stale >= patience)
+        if on_state is not None:
+            on_state(TrainState(
+                epoch=epoch, model=_cpu_copy(model.state_dict()), optimizer=_cpu_copy(opt.state_dict()),
+                best=None if result.best_epoch == epoch else _cpu_copy(best_state), best_epoch=result.best_epoch,
+                best_accuracy=result.best_accuracy, stale=stale, stopped=stopped, shuffle_rng=gen.get_state(),
+                torch_rng=torch.get_rng_state(), history=[dict(r) for r in result.history],
+                train_time_s=earlier_s + time.perf_counter() - start))
+        if on_epoch is not None:
+            on_epoch(row)
     model.load_state_dict(best_state)
     model.eval()
-    result.train_time_s = time.perf_counter() - start
+    result.train_time_s = earlier_s + time.perf_counter() - start
     return result
+
+
+def _cpu_copy(state: Any) -> Any:
+    """A detached CPU copy of a (nested) state dict."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().to("cpu", copy=True)
+    if isinstance(state, dict):
+        return {k: _cpu_copy(v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(_cpu_copy(v) for v in state)
+    return state

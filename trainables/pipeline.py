@@ -16,10 +16,12 @@ stage's file is the trial's ``model/`` and its metrics the unprefixed ones -> in
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import random
 import tempfile
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -28,15 +30,21 @@ import torch
 import yaml
 
 from trainables import artifact, augment, energy, packed, transformer_student
-from trainables.config import ARCHITECTURE_KEYS, parse_stages, resolve_config
+from trainables.config import ARCHITECTURE_KEYS, ConfigError, parse_stages, resolve_config
 from trainables.data import Split
-from trainables.distill import encode_split, predict, train
+from trainables.distill import TrainState, encode_split, predict, train
 from trainables.embeddings import build_encoder
 from trainables.metrics import inference_speed, task_metrics
 from trainables.prune import prune_student
 from trainables.quantize import quantize_student
 from trainables.students import Student, build_student, count_params
 from trainables.tracking import MemoryTracker, Tracker, environment_tags
+
+log = logging.getLogger(__name__)
+
+#: Files of an epoch checkpoint besides the student (see :func:`load_checkpoint`).
+STATE_FILE = "train_state.pt"
+ENERGY_FILE = "energy.json"
 
 ReportFn = Callable[[dict[str, Any], "Path | None"], None]
 
@@ -95,7 +103,7 @@ def seed_everything(seed: int) -> None:
 
 def run_trial(config: Mapping[str, Any], data: TrialData, workdir: str | Path, tracker: Tracker | None = None,
               settings: RunSettings | None = None, report: ReportFn | None = None,
-              run_name: str = "trial") -> dict[str, Any]:
+              run_name: str = "trial", resume_from: str | Path | None = None) -> dict[str, Any]:
     """Run one distillation trial and return its final metrics.
 
     Args:
@@ -105,6 +113,10 @@ def run_trial(config: Mapping[str, Any], data: TrialData, workdir: str | Path, t
         tracker: where params, metrics, tags and the model go (default: in memory).
         report: called after each epoch with its metrics and checkpoint folder, and once at the
             end with the final metrics and ``None``.
+        resume_from: a checkpoint folder an earlier attempt of this trial reported (see
+            :func:`load_checkpoint`): distillation continues after its epoch, exactly as if
+            uninterrupted on CPU; the earlier epochs' rows are logged again to this run (tag
+            ``resumed_from_epoch``) and their measured energy counts towards ``energy_j``.
 
     Returns:
         Final metrics: ``accuracy`` (dev, percent; ``f1`` for QQP), ``num_params``,
@@ -132,7 +144,7 @@ def run_trial(config: Mapping[str, Any], data: TrialData, workdir: str | Path, t
             "dev_data_hash": data.dev.data_hash, "teacher_id": data.teacher_id, "task": data.train.task}
     tracker.start(run_name, params=cfg, tags=tags)
     try:
-        final = _run(cfg, data, workdir, tracker, settings, report, init)
+        final = _run(cfg, data, workdir, tracker, settings, report, init, resume_from)
     except BaseException as e:
         tracker.set_tags({"error": f"{type(e).__name__}: {e}"[:4000]})
         tracker.finish("FAILED")
@@ -204,7 +216,13 @@ def prepare(cfg: dict[str, Any], data: TrialData, device: str = "cpu",
 
 
 def _run(cfg: dict[str, Any], data: TrialData, workdir: Path, tracker: Tracker, settings: RunSettings,
-         report: ReportFn | None, init: tuple[Any, torch.nn.Module] | None = None) -> dict[str, Any]:
+         report: ReportFn | None, init: tuple[Any, torch.nn.Module] | None = None,
+         resume_from: str | Path | None = None) -> dict[str, Any]:
+    resume, earlier_energy = load_checkpoint(resume_from) if resume_from is not None else (None, None)
+    if resume is not None and init is None and cfg["student"] != "transformer":
+        # the checkpoint's own encoder (a vocabulary learnt from text is not rebuilt); weights come from `resume`
+        model, encoder, _ = artifact.load_student(Path(resume_from) / artifact.ARTIFACT_NAME)
+        init = (encoder, model)
     prep = prepare(cfg, data, settings.device, init)
     if prep.metrics:
         tracker.log_metrics(prep.metrics)
@@ -219,14 +237,21 @@ def _run(cfg: dict[str, Any], data: TrialData, workdir: Path, tracker: Tracker, 
     readings: list[energy.EnergyReading] = []
     epochs_done: list[int] = []  # epochs reported (the final metrics go one step later)
     ckpt_dir = workdir / "checkpoint"
+    if resume is not None:
+        readings.append(_continued_energy(earlier_energy, meter.method))
+        epochs_done.extend(int(row["epoch"]) for row in resume.history)
+        tracker.set_tags({"resumed_from_epoch": str(resume.epoch)})
+        for row in resume.history:
+            tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
 
     def on_epoch(row: dict[str, float]) -> None:
         readings.append(meter.stop())
         epochs_done.append(int(row["epoch"]))
         metrics = dict(row)
-        joules = energy.sum_readings(readings).joules
-        if joules is not None:
-            metrics["energy_j"] = joules
+        so_far = energy.sum_readings(readings)
+        if so_far.joules is not None:
+            metrics["energy_j"] = so_far.joules
+        (ckpt_dir / ENERGY_FILE).write_text(json.dumps(asdict(so_far)))
         sizes = artifact.save_student(model, cfg, encoder, num_labels, pair, ckpt_dir / artifact.ARTIFACT_NAME)
         metrics.update(size_bytes=sizes["size_bytes"], gzip_bytes=sizes["gzip_bytes"])
         tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=int(row["epoch"]))
@@ -238,7 +263,9 @@ def _run(cfg: dict[str, Any], data: TrialData, workdir: Path, tracker: Tracker, 
     train_time_s, best_epoch = 0.0, None
     if "distill" in stages:
         meter.start()
-        result = train(model, train_enc, dev_enc, cfg, on_epoch, aux_loss)
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        result = train(model, train_enc, dev_enc, cfg, on_epoch, aux_loss, resume,
+                       on_state=lambda state: state.save(ckpt_dir / STATE_FILE))
         meter.stop()  # the window after the last epoch (early-stopping bookkeeping) is not training
         train_time_s, best_epoch = result.train_time_s, result.best_epoch
 
@@ -287,6 +314,42 @@ def _run(cfg: dict[str, Any], data: TrialData, workdir: Path, tracker: Tracker, 
     if report is not None:
         report(final, None)
     return final
+
+
+def load_checkpoint(folder: str | Path) -> tuple[TrainState, energy.EnergyReading]:
+    """Read an epoch checkpoint that :func:`run_trial` wrote (and reported to Tune).
+
+    The folder holds the epoch's student (``student.safetensors``), the training state
+    (``train_state.pt``, :class:`trainables.distill.TrainState`, read with
+    ``weights_only=True``) and the training energy measured so far (``energy.json``).
+
+    Returns:
+        ``(state, energy so far)``.
+
+    Raises:
+        ConfigError: the folder is not such a checkpoint (a file is missing or unreadable).
+    """
+    folder = Path(folder)
+    missing = [n for n in (artifact.ARTIFACT_NAME, STATE_FILE, ENERGY_FILE) if not (folder / n).is_file()]
+    if missing:
+        raise ConfigError(f"{folder} is not a trial checkpoint: {', '.join(missing)} missing")
+    try:
+        state = TrainState.load(folder / STATE_FILE)
+        reading = json.loads((folder / ENERGY_FILE).read_text())
+        return state, energy.EnergyReading(reading["joules"], reading["method"], tuple(reading["devices"]),
+                                           reading["seconds"])
+    except Exception as e:  # a truncated or foreign file: say which, not a pickle traceback
+        raise ConfigError(f"cannot read the trial checkpoint in {folder}: {type(e).__name__}: {e}") from e
+
+
+def _continued_energy(earlier: energy.EnergyReading, method: str) -> energy.EnergyReading:
+    """The earlier attempt's training energy, if it can be added to this attempt's (same method);
+    otherwise an unmeasured window, so that the trial's ``energy_j`` is absent rather than partial."""
+    if earlier.joules is None or earlier.method == method:
+        return earlier
+    log.warning("the resumed trial's earlier epochs were measured by %s, this attempt by %s; "
+                "its training energy is not reported", earlier.method, method)
+    return energy.EnergyReading(None, "unavailable", (), earlier.seconds)
 
 
 def _stage_logger(tracker: Tracker, stage: str) -> Callable[[dict[str, float]], None]:
@@ -338,8 +401,10 @@ def tune_trainable(config: dict[str, Any], data: TrialData, tracking: Mapping[st
             attempts of this trial (retries, resumed searches) and returns the metrics of one that
             finished (then reported as this trial's result, nothing retrained) and tags for the new run.
 
-    A retried trial restarts from its first epoch (seeded, so it reproduces the same student);
-    each attempt is its own MLflow run (tags ``attempt``, ``retry_of``; ``ray_node_id`` says where it ran).
+    A retried trial (or an unfinished trial of a resumed search) continues after the last epoch
+    it reported a checkpoint for (``tune.get_checkpoint``; see :func:`load_checkpoint`), and
+    reproduces the uninterrupted student on CPU. Each attempt is its own MLflow run (tags
+    ``attempt``, ``retry_of``, ``resumed_from_epoch``; ``ray_node_id`` says where it ran).
     Test-only hook: with env ``FEATHERWEIGHT_TEST_CRASH_ONCE=FILE`` set on the workers, the first
     trial to finish an epoch while ``FILE`` exists deletes it and dies (``os._exit``), or raises
     when the file holds ``raise``; see ``tests/search/test_cluster.py``.
@@ -375,7 +440,12 @@ def tune_trainable(config: dict[str, Any], data: TrialData, tracking: Mapping[st
 
     workdir = ctx.get_trial_dir() or tempfile.mkdtemp(prefix="featherweight-trial-")
     os.makedirs(workdir, exist_ok=True)
-    run_trial(config, data, workdir, tracker, settings, report, run_name=ctx.get_trial_name())
+    resume_from = None
+    checkpoint = tune.get_checkpoint()  # a retry, or a trial of a resumed search: the last epoch it reported
+    if checkpoint is not None:
+        resume_from = Path(tempfile.mkdtemp(prefix="resume-", dir=workdir))
+        checkpoint.to_directory(str(resume_from))
+    run_trial(config, data, workdir, tracker, settings, report, run_name=ctx.get_trial_name(), resume_from=resume_from)
 
 
 def _test_crash_once() -> None:

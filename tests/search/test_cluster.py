@@ -218,6 +218,9 @@ def test_cluster_search_spreads_trials_retries_a_dead_worker_and_serves_artifact
     assert "worker died" in dead.data.tags["error"]
     retry = next(r for r in finished if r.data.tags["trial_id"] == dead.data.tags["trial_id"])
     assert retry.data.tags["attempt"] == "2" and retry.data.tags["retry_of"] == dead.info.run_id
+    # the retry continued from the epoch checkpoint the dead attempt reported, and logged its curve again
+    assert retry.data.tags["resumed_from_epoch"] == "1"
+    assert [m.step for m in client.get_metric_history(retry.info.run_id, "train_loss")] == [1]
     # both nodes ran trials (one box, so one hostname, two Ray node ids): the first two trials run at once, and
     # each node has 1 CPU (which of them finish where depends on where the dead attempt ran)
     assert len({r.data.tags["ray_node_id"] for r in children}) == 2

@@ -61,3 +61,36 @@ def test_training_is_deterministic_for_a_seed(sst2_small):
     cfg, model, tr, dv = _setup(sst2_small, epochs=1, seed=4)
     train(model, tr, dv, cfg)
     assert not np.array_equal(runs[0], predict(model, dv))
+
+
+def test_resuming_from_a_saved_state_equals_the_uninterrupted_run(sst2_small, tmp_path):
+    from trainables.distill import TrainState
+
+    cfg, model, tr, dv = _setup(sst2_small, epochs=3, dropout=0.3, seed=5)  # dropout: the RNG must continue too
+    states = []
+    whole = train(model, tr, dv, cfg, on_state=states.append)
+    assert [s.epoch for s in states] == [1, 2, 3] and states[-1].history == whole.history
+    for i, state in enumerate(states[:2]):
+        path = tmp_path / f"state{i}.pt"
+        state.save(path)
+        torch.manual_seed(123)  # a new process: a different global RNG until the state restores it
+        cfg2, fresh, tr2, dv2 = _setup(sst2_small, epochs=3, dropout=0.3, seed=5)
+        resumed = train(fresh, tr2, dv2, cfg2, resume=TrainState.load(path))
+        assert resumed.history == [{**r, "epoch_time_s": resumed.history[j]["epoch_time_s"]}
+                                   for j, r in enumerate(whole.history)]
+        assert (resumed.best_epoch, resumed.best_accuracy) == (whole.best_epoch, whole.best_accuracy)
+        for key, value in model.state_dict().items():
+            assert torch.equal(value, fresh.state_dict()[key]), key
+    with pytest.raises(ValueError, match="cannot resume after epoch 3 of a 2-epoch"):
+        train(fresh, tr, dv, {**cfg, "epochs": 2}, resume=states[-1])
+
+
+def test_resuming_after_early_stopping_trains_no_more(sst2_small):
+    cfg, model, tr, dv = _setup(sst2_small, epochs=8, patience=1, lr=0.05)
+    states = []
+    whole = train(model, tr, dv, cfg, on_state=states.append)
+    assert states[-1].stopped and len(states) == len(whole.history) < 8
+    _, fresh, _, _ = _setup(sst2_small, epochs=8, patience=1, lr=0.05)
+    resumed = train(fresh, tr, dv, cfg, resume=states[-1])
+    assert len(resumed.history) == len(whole.history) and resumed.best_epoch == whole.best_epoch
+    assert np.array_equal(predict(fresh, dv), predict(model, dv))

@@ -71,3 +71,40 @@ def test_further_compression_starts_from_an_earlier_runs_student(sst2_small, tmp
     assert abs(second["accuracy"] - first["accuracy"]) < 3.0  # 30% pruning + 8 bits of a trained student
     with pytest.raises(ConfigError, match="needs MLflow tracking"):
         run_trial({"init_run_id": source.run_id}, sst2_small, tmp_path / "c")
+
+
+def test_a_trial_killed_after_an_epoch_resumes_from_its_checkpoint(sst2_small, tmp_path):
+    from trainables.config import ConfigError
+    from trainables.pipeline import load_checkpoint
+
+    cfg, settings = {**FAST, "epochs": 3}, RunSettings(cpu_watts_per_core=10.0)
+    whole_tracker = MemoryTracker()
+    whole = run_trial(cfg, sst2_small, tmp_path / "whole", whole_tracker, settings)
+
+    class Killed(Exception):
+        pass
+
+    def die_after_epoch_2(metrics, ckpt):
+        if ckpt is not None and metrics["epoch"] == 2:
+            raise Killed
+
+    first = MemoryTracker()
+    with pytest.raises(Killed):
+        run_trial(cfg, sst2_small, tmp_path / "a1", first, settings, report=die_after_epoch_2)
+    state, earlier = load_checkpoint(tmp_path / "a1" / "checkpoint")
+    assert state.epoch == 2 and earlier.method == "estimate" and earlier.joules > 0
+
+    second = MemoryTracker()
+    final = run_trial(cfg, sst2_small, tmp_path / "a2", second, settings, resume_from=tmp_path / "a1" / "checkpoint")
+    assert second.tags["resumed_from_epoch"] == "2" and second.status == "FINISHED"
+    # the same student as the uninterrupted trial, and the same epoch curve in the new run
+    assert (final["accuracy"], final["best_epoch"], final["size_bytes"]) == \
+        (whole["accuracy"], whole["best_epoch"], whole["size_bytes"])
+    assert (tmp_path / "a2/model/student.safetensors").read_bytes() == \
+        (tmp_path / "whole/model/student.safetensors").read_bytes()
+    assert second.metrics["train_loss"] == whole_tracker.metrics["train_loss"]
+    # the earlier attempt's measured epochs count towards the trial's training energy
+    assert final["energy_j"] > earlier.joules and final["train_time_s"] > state.train_time_s
+    (tmp_path / "a1" / "checkpoint" / "energy.json").unlink()
+    with pytest.raises(ConfigError, match="not a trial checkpoint: energy.json missing"):
+        load_checkpoint(tmp_path / "a1" / "checkpoint")
