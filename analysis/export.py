@@ -56,7 +56,7 @@ import yaml
 from analysis.pareto import pareto_ranks
 from analysis.runs import _final_metrics, _load, _metric_columns, _objectives, _open_store, _require_metrics
 from search.mlflow_store import ROLE_TAG
-from trainables.config import PARAMS, ConfigError, resolve_config
+from trainables.config import PARAMS, ConfigError, parse_param, resolve_config
 
 __all__ = ["Selector", "parse_selector", "export_configs", "replay"]
 
@@ -215,23 +215,7 @@ def _config_from_params(params: Mapping[str, str], where: str) -> dict[str, Any]
     Raises:
         ConfigError: an unknown key or a value that does not parse as its declared type.
     """
-    typed: dict[str, Any] = {}
-    for key, raw in params.items():
-        spec = PARAMS.get(key)
-        if spec is None:
-            raise ConfigError(f"{where}: param {key!r} is not a trial-config key; allowed: {', '.join(sorted(PARAMS))}")
-        try:
-            if spec.kind == "int":
-                number = float(raw)
-                typed[key] = int(number) if number.is_integer() else number
-            elif spec.kind == "float":
-                typed[key] = float(raw)
-            elif spec.kind == "bool":
-                typed[key] = {"true": True, "false": False}[raw.strip().lower()]
-            else:
-                typed[key] = raw
-        except (ValueError, KeyError):
-            raise ConfigError(f"{where}: param {key}={raw!r} is not a valid {spec.kind}") from None
+    typed = {key: parse_param(key, raw, where) for key, raw in params.items()}
     return _resolve(typed, where)
 
 
@@ -394,7 +378,7 @@ def replay(
     """
     from mlflow.exceptions import MlflowException
 
-    from analysis.runs import _experiment
+    from search.mlflow_store import find_experiment
     from search.tuner import build_trial_data
     from spaces import Space
     from trainables.augment import prepare_for_space
@@ -436,7 +420,7 @@ def replay(
         device = "cuda" if gpus > 0 and torch.cuda.is_available() else "cpu"
     if device not in ("cpu", "cuda"):
         raise ConfigError(f"device must be cpu or cuda, got {device!r}")
-    exp_id = _experiment(client, uri, experiment).experiment_id if experiment else source.info.experiment_id
+    exp_id = find_experiment(client, experiment, uri).experiment_id if experiment else source.info.experiment_id
 
     data = build_trial_data(task, data_dir, teacher, cache_dir)
     # the augmented transfer set the trial trained on (cached by the search: same key, same rows)

@@ -33,14 +33,13 @@ Example:
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Collection, Mapping, Sequence
 
 import pandas as pd
 
-from search.mlflow_store import ROLE_TAG, check_tracking_uri, child_runs, resolve_tracking_uri
-from trainables.config import PARAMS, ConfigError
+from search.mlflow_store import ROLE_TAG, check_tracking_uri, child_runs, find_search, resolve_tracking_uri
+from trainables.config import ConfigError, parse_param
 
 __all__ = ["PARAM_PREFIX", "TAG_PREFIX", "RUN_STATUSES", "load_trials", "find_parent_run"]
 
@@ -52,7 +51,6 @@ RUN_STATUSES = ("RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED")
 """MLflow run statuses accepted by ``statuses``."""
 
 _BASE_COLUMNS = ["run_id", "run_name", "status", "start_time", "end_time", "trial_order"]
-_SAFE_ID = re.compile(r"^[\w.:\-]+$")  # search ids / run ids that may go into a filter string
 
 
 def _open_store(tracking_uri: str | None) -> tuple[Any, str]:
@@ -76,64 +74,6 @@ def _open_store(tracking_uri: str | None) -> tuple[Any, str]:
     return MlflowClient(uri), uri
 
 
-def _experiment(client: Any, uri: str, experiment: str) -> Any:
-    """The active MLflow experiment named (or with id) ``experiment``.
-
-    Raises:
-        ConfigError: no such experiment (lists the ones there) or it is deleted.
-    """
-    from mlflow.exceptions import MlflowException
-
-    if not isinstance(experiment, str) or not experiment.strip():
-        raise ConfigError(f"experiment must be a non-empty name or id, got {experiment!r}")
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None and experiment.isdigit():
-        try:
-            exp = client.get_experiment(experiment)
-        except MlflowException:
-            exp = None
-    if exp is None:
-        names = [e.name for e in client.search_experiments(max_results=20)]
-        raise ConfigError(f"no MLflow experiment {experiment!r} in {uri}; experiments there: "
-                          f"{', '.join(names) or 'none'}")
-    if exp.lifecycle_stage == "deleted":
-        raise ConfigError(f"MLflow experiment {experiment!r} is deleted; restore it or choose another --experiment")
-    return exp
-
-
-def _search_runs(client: Any, experiment_id: str, extra_filter: str = "", max_results: int = 1000) -> list[Any]:
-    """Parent (search) runs of an experiment, newest start first."""
-    filt = f"tags.`{ROLE_TAG}` = 'search'" + (f" and {extra_filter}" if extra_filter else "")
-    return list(client.search_runs([experiment_id], filt, order_by=["attributes.start_time DESC"],
-                                   max_results=max_results))
-
-
-def _find_parent(client: Any, exp: Any, search_id: str | None) -> Any:
-    """The parent run of ``search_id`` (its ``search_id`` tag or its run id), or the latest one.
-
-    Raises:
-        ConfigError: the experiment holds no search, or none with that id (lists the known ids).
-    """
-    if search_id is None:
-        runs = _search_runs(client, exp.experiment_id, max_results=1)
-        if not runs:
-            raise ConfigError(f"experiment {exp.name!r} holds no search (no run tagged {ROLE_TAG}=search); "
-                              f"run `run_search.py search --experiment {exp.name}` first")
-        return runs[0]
-    if not isinstance(search_id, str) or not _SAFE_ID.match(search_id):
-        raise ConfigError(f"search id {search_id!r} must be letters, digits, '-', '_', '.' or ':'")
-    runs = _search_runs(client, exp.experiment_id, f"tags.search_id = '{search_id}'", max_results=1)
-    if runs:
-        return runs[0]
-    for run in _search_runs(client, exp.experiment_id):
-        if run.info.run_id == search_id:
-            return run
-    known = [r.data.tags.get("search_id", r.info.run_id) for r in _search_runs(client, exp.experiment_id,
-                                                                               max_results=10)]
-    raise ConfigError(f"experiment {exp.name!r} has no search {search_id!r}; its latest searches: "
-                      f"{', '.join(known) or 'none'}")
-
-
 def find_parent_run(tracking_uri: str | None, experiment: str, search_id: str | None = None) -> Any:
     """The parent MLflow run of a search.
 
@@ -152,7 +92,7 @@ def find_parent_run(tracking_uri: str | None, experiment: str, search_id: str | 
             experiment without searches, or an unknown ``search_id``.
     """
     client, uri = _open_store(tracking_uri)
-    return _find_parent(client, _experiment(client, uri, experiment), search_id)
+    return find_search(client, experiment, search_id, where=uri)[1]
 
 
 def _final_metrics(run: Any) -> dict[str, float]:
@@ -161,22 +101,12 @@ def _final_metrics(run: Any) -> dict[str, float]:
 
 
 def _typed_param(key: str, value: str) -> Any:
-    """An MLflow param string as the type :data:`PARAMS` declares for ``key`` (lenient: the
-    string itself when it does not parse, or when ``key`` is not a trial-config key)."""
-    spec = PARAMS.get(key)
-    if spec is None:
-        return value
+    """An MLflow param string as its declared type (:func:`trainables.config.parse_param`), or the
+    string itself when ``key`` is not a trial-config key or the value does not parse."""
     try:
-        if spec.kind == "int":
-            number = float(value)
-            return int(number) if number.is_integer() else value
-        if spec.kind == "float":
-            return float(value)
-        if spec.kind == "bool":
-            return {"true": True, "false": False}.get(value.strip().lower(), value)
-    except ValueError:
+        return parse_param(key, value)
+    except ConfigError:
         return value
-    return value
 
 
 def _check_statuses(statuses: Collection[str] | None) -> set[str] | None:
@@ -217,8 +147,7 @@ def _load(client: Any, uri: str, experiment: str, search_id: str | None,
           statuses: Collection[str] | None) -> tuple[pd.DataFrame, Any, Any]:
     """:func:`load_trials` on an open client; also returns the experiment and the parent run."""
     wanted = _check_statuses(statuses)
-    exp = _experiment(client, uri, experiment)
-    parent = _find_parent(client, exp, search_id)
+    exp, parent = find_search(client, experiment, search_id, where=uri)
     runs = [r for r in child_runs(client, exp.experiment_id, parent.info.run_id)
             if r.data.tags.get(ROLE_TAG, "trial") == "trial"]
     runs.sort(key=lambda r: (r.info.start_time or 0, r.data.tags.get("trial_id", ""), r.info.run_id))

@@ -15,6 +15,7 @@ So a search ends with exactly one ``FINISHED`` run per finished trial.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 import urllib.error
@@ -26,6 +27,7 @@ from typing import Any, Mapping
 from trainables.config import ConfigError
 
 ROLE_TAG = "featherweight.role"  # "search" on parent runs, "trial" on child runs
+_SAFE_ID = re.compile(r"^[\w.:\-]+$")  # search ids and run ids
 OPTIONS_TAG = "featherweight.search_options"  # JSON of the SearchOptions, on parent runs (what resume reads)
 DRIVER_GONE = "trial ended without finishing its run (worker died or search stopped)"
 
@@ -176,30 +178,65 @@ def search_runs_of(client: Any, experiment_id: str) -> list[Any]:
                                    order_by=["attributes.start_time DESC"]))
 
 
-def find_search(client: Any, experiment: str, search_id: str | None = None) -> tuple[str, Any]:
-    """``(experiment_id, parent run)`` of a search: ``search_id`` (search id or run id), else the newest.
+def find_experiment(client: Any, experiment: str, where: str = "this tracking store") -> Any:
+    """The active MLflow experiment named (or with id) ``experiment``.
+
+    Args:
+        where: the store, for messages (its URI).
 
     Raises:
-        ConfigError: no such experiment, or no (matching) search in it.
+        ConfigError: an empty name, no such experiment (lists the ones there), or a deleted one.
     """
+    from mlflow.exceptions import MlflowException
+
+    if not isinstance(experiment, str) or not experiment.strip():
+        raise ConfigError(f"experiment must be a non-empty name or id, got {experiment!r}")
     exp = client.get_experiment_by_name(experiment)
-    if exp is None:
+    if exp is None and experiment.isdigit():
         try:
             exp = client.get_experiment(experiment)
-        except Exception:
+        except MlflowException:
             exp = None
     if exp is None:
-        raise ConfigError(f"no MLflow experiment {experiment!r} in this tracking store; pass --experiment with the "
-                          f"name the search used, and --tracking-uri where it logged")
-    runs = search_runs_of(client, exp.experiment_id)
+        names = [e.name for e in client.search_experiments(max_results=20)]
+        raise ConfigError(f"no MLflow experiment {experiment!r} in {where}; pass --experiment with the name the "
+                          f"search used (experiments there: {', '.join(names) or 'none'})")
+    if exp.lifecycle_stage == "deleted":
+        raise ConfigError(f"MLflow experiment {experiment!r} is deleted; restore it or choose another --experiment")
+    return exp
+
+
+def find_search(client: Any, experiment: str, search_id: str | None = None, *, resumable: bool = False,
+                where: str = "this tracking store") -> tuple[Any, Any]:
+    """``(experiment, parent run)`` of a search: ``search_id`` (its ``search_id`` tag or the
+    parent's run id), else the newest search (with ``resumable``, the newest that records its
+    options, which ``resume`` needs).
+
+    Raises:
+        ConfigError: no such experiment, a malformed ``search_id``, or no (matching) search in
+            it (the message lists the latest search ids).
+    """
+    exp = find_experiment(client, experiment, where)
+    if search_id is not None and not (isinstance(search_id, str) and _SAFE_ID.match(search_id)):
+        raise ConfigError(f"search id {search_id!r} must be letters, digits, '-', '_', '.' or ':'")
+    searches = search_runs_of(client, exp.experiment_id)
+    if not searches:
+        raise ConfigError(f"experiment {exp.name!r} holds no search (no run tagged {ROLE_TAG}=search); "
+                          f"run `run_search.py search --experiment {exp.name}` first")
     if search_id:
-        runs = [r for r in runs if search_id in (r.info.run_id, r.data.tags.get("search_id"))]
-    runs = [r for r in runs if OPTIONS_TAG in r.data.tags] if not search_id else runs
-    if not runs:
-        which = f"search {search_id!r}" if search_id else "resumable search"
-        raise ConfigError(f"experiment {experiment!r} has no {which} (searches started with this version record "
-                          f"what resume needs on their parent run)")
-    return exp.experiment_id, runs[0]
+        runs = [r for r in searches if search_id in (r.info.run_id, r.data.tags.get("search_id"))]
+        if not runs:
+            known = [r.data.tags.get("search_id", r.info.run_id) for r in searches[:10]]
+            raise ConfigError(f"experiment {exp.name!r} has no search {search_id!r}; its latest searches: "
+                              f"{', '.join(known)}")
+        return exp, runs[0]
+    if resumable:
+        runs = [r for r in searches if OPTIONS_TAG in r.data.tags]
+        if not runs:
+            raise ConfigError(f"experiment {exp.name!r} has no resumable search (searches started with this "
+                              f"version record what resume needs on their parent run)")
+        return exp, runs[0]
+    return exp, searches[0]
 
 
 def search_options_of(run: Any) -> dict[str, Any]:

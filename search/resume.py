@@ -43,8 +43,8 @@ def find_resumable(experiment: str, tracking_uri: str | None = None, search_id: 
     if address not in (None, "local"):
         check_address(address)
     client = MlflowClient(uri)
-    experiment_id, parent = mlflow_store.find_search(client, experiment, search_id)
-    return client, uri, experiment_id, parent
+    exp, parent = mlflow_store.find_search(client, experiment, search_id, resumable=True, where=uri)
+    return client, uri, exp.experiment_id, parent
 
 
 def plan_resume(parent: Any, uri: str, address: str | None = None, storage_path: str | None = None) -> tuple[Any, str]:

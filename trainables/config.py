@@ -189,6 +189,31 @@ def check_value(key: str, value: Any, where: str = "config") -> Any:
     return _check_value(key, value, where)
 
 
+def parse_param(key: str, raw: str, where: str = "config") -> Any:
+    """An MLflow param string (MLflow stores every param as text) as the type :data:`PARAMS`
+    declares for ``key``: ``"3"`` or ``"3.0"`` -> 3 for an int, ``"0.5"`` -> 0.5, ``"True"`` -> True.
+    Bounds and choices are not checked here (:func:`resolve_config` does).
+
+    Raises:
+        ConfigError: ``key`` is not a trial-config key, or ``raw`` does not parse as its type.
+    """
+    check_key(key, where)
+    kind = PARAMS[key].kind
+    try:
+        if kind == "int":
+            number = float(raw)
+            if not number.is_integer():
+                raise ValueError(raw)
+            return int(number)
+        if kind == "float":
+            return float(raw)
+        if kind == "bool":
+            return {"true": True, "false": False}[raw.strip().lower()]
+        return raw
+    except (ValueError, KeyError, AttributeError, OverflowError):
+        raise ConfigError(f"{where}: param {key}={raw!r} is not a valid {kind}") from None
+
+
 def parse_stages(stages: str | Sequence[str], where: str = "config") -> tuple[str, ...]:
     """Parse ``"distill,prune"`` into ``("distill", "prune")``, checking names and order.
 

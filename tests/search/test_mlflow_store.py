@@ -67,13 +67,20 @@ def test_close_search_tags_errors_and_finds_the_search(store):
     assert client.get_run(parent).info.status == "FINISHED"
 
     name = client.get_experiment(exp).name
-    exp_id, run = ms.find_search(client, name)
-    assert exp_id == exp and run.info.run_id == parent and ms.search_options_of(run) == {"num_samples": 2}
+    found, run = ms.find_search(client, name, resumable=True)
+    assert found.experiment_id == exp and run.info.run_id == parent and ms.search_options_of(run) == {"num_samples": 2}
     assert ms.find_search(client, name, "s1")[1].info.run_id == parent
-    with pytest.raises(ConfigError, match="no search 'nope'"):
+    assert ms.find_search(client, exp, parent)[1].info.run_id == parent  # experiment id, parent run id
+    with pytest.raises(ConfigError, match="no search 'nope'; its latest searches: s1"):
         ms.find_search(client, name, "nope")
     with pytest.raises(ConfigError, match="no MLflow experiment 'other'"):
         ms.find_search(client, "other")
+    client.set_tag(parent, ms.OPTIONS_TAG, "")
+    client.delete_tag(parent, ms.OPTIONS_TAG)  # a search from a version that did not record its options
+    assert ms.find_search(client, name)[1].info.run_id == parent
+    with pytest.raises(ConfigError, match="no resumable search"):
+        ms.find_search(client, name, resumable=True)
+    client.set_tag(parent, ms.OPTIONS_TAG, '{"num_samples": 2}')
     ms.reopen_run(client, parent, "resumed")
     run = client.get_run(parent)
     assert run.info.status == "RUNNING" and run.data.tags["resume_count"] == "1"

@@ -43,3 +43,17 @@ def test_parse_stages_order_and_check_value():
 def test_resolving_a_resolved_config_changes_nothing(student):
     cfg = resolve_config({"student": student})
     assert resolve_config(cfg) == cfg
+
+
+def test_parse_param_reads_mlflow_param_strings_as_declared_types():
+    from trainables.config import parse_param
+
+    assert parse_param("epochs", "3") == 3 and parse_param("epochs", "3.0") == 3
+    assert isinstance(parse_param("epochs", "3.0"), int)
+    assert parse_param("lr", "0.001") == 0.001 and parse_param("prune_structured", "True") is True
+    assert parse_param("student", "bilstm") == "bilstm"
+    for key, raw in (("epochs", "2.5"), ("lr", "fast"), ("prune_structured", "yes"), ("epochs", "inf")):
+        with pytest.raises(ConfigError, match=f"param {key}="):
+            parse_param(key, raw)
+    with pytest.raises(ConfigError, match="unknown key 'colour'"):
+        parse_param("colour", "red")
