@@ -114,10 +114,16 @@ PARAMS: dict[str, Param] = {
     "prune_scope": Param("str", "local", ("local", "global"),
                          help="local: each tensor to its part's target; global: one ranking over all prunable weights"),
     "prune_structured": Param("bool", False, help="prune whole rows (output units, gate rows, tokens) by L2 norm"),
-    "prune_schedule": Param("str", "oneshot", ("oneshot", "gradual"),
-                            help="oneshot after training, or gradual over finetune_epochs (Zhu and Gupta 2017)"),
+    "prune_schedule": Param("str", "oneshot", ("oneshot", "gradual", "imp"),
+                            help="oneshot after training, gradual over finetune_epochs (Zhu and Gupta 2017), or imp: "
+                                 "iterative magnitude pruning with weight rewinding (Frankle and Carbin 2019)"),
     "finetune_epochs": Param("int", 0, low=0, high=1000,
-                             help="distillation epochs after pruning (gradual: one pruning step per epoch)"),
+                             help="distillation epochs after pruning (gradual: one pruning step per epoch; "
+                                  "imp: retraining epochs per round)"),
+    "imp_rounds": Param("int", 3, low=1, high=100, help="imp: prune-rewind-retrain rounds"),
+    "rewind_epoch": Param("int", 0, low=0, high=1000,
+                          help="imp: rewind surviving weights to their values after this distillation epoch "
+                               "(0 = the weights distillation started from; Frankle et al. 2020)"),
     # quantization (stage "quantize"; trainables/quantize.py)
     "quant_method": Param("str", "affine", ("affine", "int8_dynamic", "fp16"),
                           help="affine: b-bit per-row weights; int8_dynamic: also torch int8 kernels; fp16: half"),
@@ -293,3 +299,10 @@ def _resolve_compression(cfg: dict[str, Any], where: str) -> None:
                               f"{', '.join(map(str, BITS_ALLOWED))}")
     if "prune" in cfg["stages"] and cfg["prune_schedule"] == "gradual" and cfg["finetune_epochs"] < 1:
         raise ConfigError(f"{where}: prune_schedule=gradual needs finetune_epochs >= 1 (one pruning step per epoch)")
+    if "prune" in cfg["stages"] and cfg["prune_schedule"] == "imp":
+        if cfg["finetune_epochs"] < 1:
+            raise ConfigError(f"{where}: prune_schedule=imp needs finetune_epochs >= 1 (retraining epochs per round)")
+        last = cfg["epochs"] if "distill" in cfg["stages"] else 0
+        if cfg["rewind_epoch"] > last:
+            raise ConfigError(f"{where}: rewind_epoch={cfg['rewind_epoch']} is after the last distillation epoch "
+                              f"({last}); use 0..{last}")

@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 #: Files of an epoch checkpoint besides the student (see :func:`load_checkpoint`).
 STATE_FILE = "train_state.pt"
 ENERGY_FILE = "energy.json"
+REWIND_FILE = "rewind_state.pt"  # prune_schedule=imp: {"epoch": int, "state": state dict}
 
 ReportFn = Callable[[dict[str, Any], "Path | None"], None]
 
@@ -237,6 +238,24 @@ def _run(cfg: dict[str, Any], data: TrialData, workdir: Path, tracker: Tracker, 
     readings: list[energy.EnergyReading] = []
     epochs_done: list[int] = []  # epochs reported (the final metrics go one step later)
     ckpt_dir = workdir / "checkpoint"
+    stages = parse_stages(cfg["stages"])
+    # iterative magnitude pruning resets surviving weights to those after epoch `rewind_epoch`
+    # (0: now); the rewind point travels with the epoch checkpoints so that a resumed trial has it
+    imp = "prune" in stages and cfg["prune_schedule"] == "imp"
+    rewind: dict[str, Any] = {"epoch": None, "state": None}
+
+    def keep_rewind_point(epoch: int, state: dict[str, torch.Tensor] | None = None) -> None:
+        if state is None:
+            state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        rewind.update(epoch=epoch, state=state)
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        torch.save(rewind, ckpt_dir / REWIND_FILE)
+
+    if imp and resume is not None and (Path(resume_from) / REWIND_FILE).is_file():
+        saved = torch.load(Path(resume_from) / REWIND_FILE, map_location="cpu", weights_only=True)
+        keep_rewind_point(saved["epoch"], saved["state"])
+    elif imp and resume is None and cfg["rewind_epoch"] == 0:
+        keep_rewind_point(0)
     if resume is not None:
         readings.append(_continued_energy(earlier_energy, meter.method))
         epochs_done.extend(int(row["epoch"]) for row in resume.history)
@@ -252,6 +271,8 @@ def _run(cfg: dict[str, Any], data: TrialData, workdir: Path, tracker: Tracker, 
         if so_far.joules is not None:
             metrics["energy_j"] = so_far.joules
         (ckpt_dir / ENERGY_FILE).write_text(json.dumps(asdict(so_far)))
+        if imp and row["epoch"] <= cfg["rewind_epoch"]:  # the last epoch there is, if training stops early
+            keep_rewind_point(int(row["epoch"]))
         sizes = artifact.save_student(model, cfg, encoder, num_labels, pair, ckpt_dir / artifact.ARTIFACT_NAME)
         metrics.update(size_bytes=sizes["size_bytes"], gzip_bytes=sizes["gzip_bytes"])
         tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=int(row["epoch"]))
@@ -259,7 +280,6 @@ def _run(cfg: dict[str, Any], data: TrialData, workdir: Path, tracker: Tracker, 
             report(metrics, ckpt_dir)
         meter.start()
 
-    stages = parse_stages(cfg["stages"])
     train_time_s, best_epoch = 0.0, None
     if "distill" in stages:
         meter.start()
@@ -280,8 +300,10 @@ def _run(cfg: dict[str, Any], data: TrialData, workdir: Path, tracker: Tracker, 
         else:
             meter.start()
             if stage == "prune":
-                out = prune_student(model, cfg, train_enc, dev_enc, _stage_logger(tracker, stage))
+                out = prune_student(model, cfg, train_enc, dev_enc, _stage_logger(tracker, stage), rewind["state"])
                 quantized, runtime, extra = None, "float32", out.sparsity
+                if imp:
+                    tracker.log_metrics({"prune_rewind_epoch": rewind["epoch"]})
             else:
                 out = quantize_student(model, cfg, train_enc, dev_enc, _stage_logger(tracker, stage))
                 quantized, runtime = out.tensors, out.runtime

@@ -34,11 +34,21 @@ s_i = 0 at t_0 = 0 and step Delta t = 1 epoch::
 
     s_k = s_f + (s_i - s_f) * (1 - k / n) ** 3,     k = 1..n      (s_n = s_f exactly)
 
-(for ``magnitude``, lambda follows the same ramp). Masks only grow. Before the stage returns,
-pruning is made permanent (:func:`make_permanent`: ``prune.remove`` and -0.0 -> +0.0), so the
-model holds plain parameters with exact zeros.
+(for ``magnitude``, lambda follows the same ramp). ``imp`` is iterative magnitude pruning with
+weight rewinding (Frankle and Carbin 2019, "The Lottery Ticket Hypothesis", section 2;
+rewinding to an early epoch as in Frankle et al. 2020, "Linear Mode Connectivity and the
+Lottery Ticket Hypothesis"): ``R = imp_rounds`` rounds, each of which prunes the trained
+student, resets every weight that survives (and every unpruned parameter: biases, vectors) to
+its value at the rewind point, and retrains ``finetune_epochs`` epochs with the masks fixed.
+Round r prunes the same fraction of the surviving weights, so its target is::
 
-Not implemented: iterative magnitude pruning with weight rewinding (lottery tickets).
+    s_r = 1 - (1 - s_f) ** (r / R),     r = 1..R      (s_R = s_f exactly)
+
+(for ``magnitude``, lambda_r = lambda x r / R). The rewind point is the state dict passed as
+``rewind_state`` (the pipeline takes it after distillation epoch ``rewind_epoch``; 0 = the
+weights distillation started from). The optimizer starts afresh each round. Masks only grow.
+Before the stage returns, pruning is made permanent (:func:`make_permanent`: ``prune.remove``
+and -0.0 -> +0.0), so the model holds plain parameters with exact zeros.
 
 Example:
     >>> import torch
@@ -244,6 +254,7 @@ def apply_pruning(model: nn.Module, targets: Mapping[str, float] | None = None, 
     if scope not in ("local", "global"):
         raise ValueError(f"unknown prune_scope {scope!r}; allowed: local, global")
     tensors = prunable_tensors(model)
+    _refresh_masked(tensors)  # rank the current weights, not those of the last forward pass
     if scope == "global":
         if not 0.0 <= sparsity < 1.0:
             raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
@@ -311,6 +322,50 @@ def cubic_schedule(step: int, steps: int, final: float, initial: float = 0.0) ->
     return final + (initial - final) * (1.0 - step / steps) ** 3
 
 
+def imp_schedule(round_: int, rounds: int, final: float) -> float:
+    """Iterative magnitude pruning: the target after round ``round_`` of ``rounds`` (1-based),
+    pruning the same fraction of the surviving weights each round: ``1 - (1 - final) ** (round_ / rounds)``
+    (Frankle and Carbin 2019, section 2: "each round prunes p^(1/n)% of the weights that survive").
+
+    Raises:
+        ValueError: ``round_`` outside 1..rounds, or ``final`` outside [0, 1).
+    """
+    if not 1 <= round_ <= rounds:
+        raise ValueError(f"round must be in 1..{rounds}, got {round_}")
+    if not 0.0 <= final < 1.0:
+        raise ValueError(f"final sparsity must be in [0, 1), got {final}")
+    return 1.0 - (1.0 - final) ** (round_ / rounds)
+
+
+def rewind(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Reset every parameter and buffer of ``model`` to its value in ``state`` (a state dict of
+    the same, unpruned, architecture), keeping pruning masks: a pruned tensor's ``<name>_orig``
+    takes ``state[<name>]``, so its surviving weights are rewound and its pruned ones stay 0.
+
+    Raises:
+        KeyError: ``state`` lacks one of the model's tensors.
+    """
+    with torch.no_grad():
+        for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+            if name.endswith("_mask"):
+                continue
+            source = name[: -len("_orig")] if name.endswith("_orig") else name
+            if source not in state:
+                raise KeyError(f"rewind state has no tensor {source!r}")
+            tensor.copy_(state[source])
+    _refresh_masked(prunable_tensors(model))
+
+
+def _refresh_masked(tensors: list[Prunable]) -> None:
+    """Recompute each pruned weight as ``<name>_orig x <name>_mask``, as the pruning forward
+    pre-hook does. After ``load_state_dict`` or :func:`rewind` the attribute holds the weights of
+    the last forward pass until the next one, and :mod:`torch.nn.utils.prune` ranks that attribute."""
+    for t in tensors:
+        mask = t.mask()
+        if mask is not None:
+            setattr(t.module, t.name, getattr(t.module, t.name + "_orig") * mask)
+
+
 def part_targets(config: Mapping[str, Any]) -> dict[str, float]:
     """``{part: sparsity_<part>}`` from a resolved config (fractions)."""
     return {part: float(config[f"sparsity_{part}"]) for part in PARTS}
@@ -334,20 +389,23 @@ class PruneResult:
 
 
 def prune_student(model: nn.Module, config: Mapping[str, Any], train_data: Any = None, dev_data: Any = None,
-                  on_epoch: Callable[[dict[str, float]], None] | None = None) -> PruneResult:
+                  on_epoch: Callable[[dict[str, float]], None] | None = None,
+                  rewind_state: Mapping[str, torch.Tensor] | None = None) -> PruneResult:
     """The ``prune`` stage: prune ``model`` per ``config``, fine-tune, make pruning permanent.
 
     Uses config keys ``sparsity, sparsity_embedding, sparsity_encoder, sparsity_classifier,
     prune_method, prune_threshold, prune_scope, prune_structured, prune_schedule,
-    finetune_epochs`` and, when fine-tuning, those of :func:`trainables.distill.train`.
+    finetune_epochs, imp_rounds`` and, when fine-tuning, those of :func:`trainables.distill.train`.
 
     Args:
         train_data, dev_data: :class:`trainables.distill.Encoded` splits (train with teacher
             logits); required when ``finetune_epochs > 0``.
         on_epoch: passed to :func:`trainables.distill.train` (epoch numbers count across steps).
+        rewind_state: ``imp``: the state dict the surviving weights are reset to each round.
 
     Raises:
-        ConfigError: fine-tuning requested without data, or gradual without fine-tuning epochs.
+        ConfigError: fine-tuning requested without data, gradual or imp without fine-tuning
+            epochs, or imp without ``rewind_state``.
     """
     from trainables.distill import train
 
@@ -357,16 +415,26 @@ def prune_student(model: nn.Module, config: Mapping[str, Any], train_data: Any =
         raise ConfigError("finetune_epochs > 0 needs training and dev data")
     if gradual and epochs < 1:
         raise ConfigError("prune_schedule=gradual needs finetune_epochs >= 1 (one pruning step per epoch)")
+    imp = config["prune_schedule"] == "imp"
+    if imp and (epochs < 1 or rewind_state is None):
+        raise ConfigError("prune_schedule=imp needs finetune_epochs >= 1 (retraining per round) and a rewind_state")
     final_targets, final_sparsity = part_targets(config), float(config["sparsity"])
     final_threshold = float(config["prune_threshold"])
     kwargs = dict(method=config["prune_method"], scope=config["prune_scope"],
                   structured=bool(config["prune_structured"]))
     result = PruneResult(sparsity={})
-    n_steps = epochs if gradual else 1
+    n_steps = epochs if gradual else int(config["imp_rounds"]) if imp else 1
     for step in range(1, n_steps + 1):
-        ramp = cubic_schedule(step, n_steps, 1.0)  # fraction of the final target reached at this step
-        targets = {p: f * ramp for p, f in final_targets.items()}
-        apply_pruning(model, targets, sparsity=final_sparsity * ramp, threshold=final_threshold * ramp, **kwargs)
+        if imp:
+            targets = {p: imp_schedule(step, n_steps, f) for p, f in final_targets.items()}
+            sparsity, threshold = imp_schedule(step, n_steps, final_sparsity), final_threshold * step / n_steps
+        else:
+            ramp = cubic_schedule(step, n_steps, 1.0)  # fraction of the final target reached at this step
+            targets = {p: f * ramp for p, f in final_targets.items()}
+            sparsity, threshold = final_sparsity * ramp, final_threshold * ramp
+        apply_pruning(model, targets, sparsity=sparsity, threshold=threshold, **kwargs)
+        if imp:
+            rewind(model, rewind_state)
         result.steps.append({"step": step, **{f"target_{p}": v for p, v in targets.items()},
                              "sparsity_achieved": sparsity_metrics(model)["sparsity_achieved"]})
         tune_epochs = 1 if gradual else epochs

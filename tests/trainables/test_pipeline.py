@@ -108,3 +108,26 @@ def test_a_trial_killed_after_an_epoch_resumes_from_its_checkpoint(sst2_small, t
     (tmp_path / "a1" / "checkpoint" / "energy.json").unlink()
     with pytest.raises(ConfigError, match="not a trial checkpoint: energy.json missing"):
         load_checkpoint(tmp_path / "a1" / "checkpoint")
+
+
+def test_imp_trial_rewinds_to_its_epoch_and_survives_a_resume(sst2_small, tmp_path):
+    cfg = {**FAST, "epochs": 2, "stages": "distill,prune", "prune_schedule": "imp", "imp_rounds": 2,
+           "finetune_epochs": 2, "rewind_epoch": 1, "sparsity": 0.6}
+    whole_tracker = MemoryTracker()
+    whole = run_trial(cfg, sst2_small, tmp_path / "whole", whole_tracker)
+    assert whole["sparsity_achieved"] == pytest.approx(0.6, abs=1e-3)
+    assert whole_tracker.metrics["prune_rewind_epoch"][-1][1] == 1
+    assert len(whole_tracker.metrics["prune_train_loss"]) == 4  # two retraining epochs per round
+    assert whole["accuracy"] > 65.0  # the pruned, rewound and retrained student learnt SST-2 (chance: 51%)
+
+    def die_after_epoch_2(metrics, ckpt):
+        if ckpt is not None and metrics["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_trial(cfg, sst2_small, tmp_path / "a1", MemoryTracker(), report=die_after_epoch_2)
+    resumed = run_trial(cfg, sst2_small, tmp_path / "a2", MemoryTracker(), resume_from=tmp_path / "a1" / "checkpoint")
+    # the rewind point (epoch 1) travelled with the checkpoint: the same pruned student
+    assert (tmp_path / "a2/model/student.packed.safetensors").read_bytes() == \
+        (tmp_path / "whole/model/student.packed.safetensors").read_bytes()
+    assert resumed["accuracy"] == whole["accuracy"]

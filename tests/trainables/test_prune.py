@@ -13,9 +13,11 @@ from trainables.prune import (
     PARTS,
     apply_pruning,
     cubic_schedule,
+    imp_schedule,
     make_permanent,
     prunable_tensors,
     prune_student,
+    rewind,
     sparsity_by_part,
 )
 from trainables.students import build_student
@@ -159,3 +161,52 @@ def test_config_keys_thesis_targets_and_errors():
         resolve_config({"stages": "distill,prune", "prune_schedule": "gradual"})
     with pytest.raises(ValueError):
         apply_pruning(nn.Linear(3, 3), {"classifier": 0.5})
+
+
+def test_imp_schedule_prunes_the_same_fraction_of_survivors_each_round():
+    values = [imp_schedule(r, 4, 0.9) for r in range(1, 5)]
+    assert values[-1] == pytest.approx(0.9) and values == sorted(values)
+    kept = [1.0] + [1 - v for v in values]
+    ratios = [b / a for a, b in zip(kept, kept[1:])]
+    assert ratios == pytest.approx([0.1 ** 0.25] * 4)  # Frankle and Carbin: p^(1/n) of the survivors per round
+    with pytest.raises(ValueError):
+        imp_schedule(5, 4, 0.9)
+    with pytest.raises(ValueError):
+        imp_schedule(1, 4, 1.0)
+
+
+def test_imp_rewinds_the_survivors_to_the_rewind_point_and_reaches_exact_targets():
+    model, cfg = student(stages="distill,prune", prune_schedule="imp", imp_rounds=3, finetune_epochs=1,
+                         sparsity_embedding=0.3, sparsity_encoder=0.5, sparsity_classifier=0.125)
+    torch.manual_seed(7)
+    start, _ = student()  # another initialisation: the rewind point
+    start_state = {k: v.clone() for k, v in start.state_dict().items()}
+    data = tiny_data()
+    frozen = {**cfg, "optimizer": "sgd", "lr": 0.0}  # retraining leaves weights as rewound
+    rows = []
+    result = prune_student(model, frozen, data, data, on_epoch=rows.append, rewind_state=start_state)
+    assert [r["epoch"] for r in rows] == [1, 2, 3]  # one retraining epoch per round
+    achieved = [s["sparsity_achieved"] for s in result.steps]
+    assert achieved == sorted(achieved) and achieved[0] < achieved[-1]
+    for part in PARTS:
+        assert result.sparsity[f"sparsity_achieved_{part}"] == pytest.approx(TARGETS[part], abs=0)
+    state = model.state_dict()
+    for key, value in start_state.items():
+        kept = state[key] != 0
+        assert torch.equal(state[key][kept], value[kept]), key  # survivors hold the rewind point's values
+    prunable = {t.key for t in prunable_tensors(model)}
+    assert all(torch.equal(state[k], v) for k, v in start_state.items() if k not in prunable)  # biases too
+    with pytest.raises(ConfigError, match="rewind_state"):
+        prune_student(student()[0], cfg, data, data)
+    with pytest.raises(KeyError, match="rewind state has no tensor"):
+        rewind(student()[0], {})
+
+
+def test_imp_config_errors():
+    with pytest.raises(ConfigError, match="imp needs finetune_epochs >= 1"):
+        resolve_config({"stages": "distill,prune", "prune_schedule": "imp"})
+    with pytest.raises(ConfigError, match="rewind_epoch=4 is after the last distillation epoch"):
+        resolve_config({"stages": "distill,prune", "prune_schedule": "imp", "finetune_epochs": 1, "epochs": 3,
+                        "rewind_epoch": 4})
+    with pytest.raises(ConfigError, match="use 0..0"):
+        resolve_config({"stages": "prune", "prune_schedule": "imp", "finetune_epochs": 1, "rewind_epoch": 1})
