@@ -172,9 +172,11 @@ def close_earlier_attempts(client: Any, trial_id: str, *, experiment_id: str,
     return None, {"attempt": str(len(runs) + 1), "retry_of": runs[-1].info.run_id}
 
 
-def search_runs_of(client: Any, experiment_id: str) -> list[Any]:
-    """Parent runs of the searches in an experiment, newest first."""
-    return list(client.search_runs([experiment_id], f"tags.`{ROLE_TAG}` = 'search'", max_results=1000,
+def search_runs_of(client: Any, experiment_id: str, extra_filter: str = "", max_results: int = 1000) -> list[Any]:
+    """Parent runs of the searches in an experiment, newest first (``extra_filter``: an MLflow
+    search filter ANDed to the role tag)."""
+    filt = f"tags.`{ROLE_TAG}` = 'search'" + (f" and {extra_filter}" if extra_filter else "")
+    return list(client.search_runs([experiment_id], filt, max_results=max_results,
                                    order_by=["attributes.start_time DESC"]))
 
 
@@ -219,24 +221,26 @@ def find_search(client: Any, experiment: str, search_id: str | None = None, *, r
     exp = find_experiment(client, experiment, where)
     if search_id is not None and not (isinstance(search_id, str) and _SAFE_ID.match(search_id)):
         raise ConfigError(f"search id {search_id!r} must be letters, digits, '-', '_', '.' or ':'")
-    searches = search_runs_of(client, exp.experiment_id)
-    if not searches:
+    latest = search_runs_of(client, exp.experiment_id, max_results=10)
+    if not latest:
         raise ConfigError(f"experiment {exp.name!r} holds no search (no run tagged {ROLE_TAG}=search); "
                           f"run `run_search.py search --experiment {exp.name}` first")
     if search_id:
-        runs = [r for r in searches if search_id in (r.info.run_id, r.data.tags.get("search_id"))]
+        runs = search_runs_of(client, exp.experiment_id, f"tags.search_id = '{search_id}'", max_results=1)
+        if not runs:  # the parent's run id
+            runs = search_runs_of(client, exp.experiment_id, f"attributes.run_id = '{search_id}'", max_results=1)
         if not runs:
-            known = [r.data.tags.get("search_id", r.info.run_id) for r in searches[:10]]
+            known = [r.data.tags.get("search_id", r.info.run_id) for r in latest]
             raise ConfigError(f"experiment {exp.name!r} has no search {search_id!r}; its latest searches: "
                               f"{', '.join(known)}")
         return exp, runs[0]
     if resumable:
-        runs = [r for r in searches if OPTIONS_TAG in r.data.tags]
+        runs = [r for r in search_runs_of(client, exp.experiment_id) if OPTIONS_TAG in r.data.tags]
         if not runs:
             raise ConfigError(f"experiment {exp.name!r} has no resumable search (searches started with this "
                               f"version record what resume needs on their parent run)")
         return exp, runs[0]
-    return exp, searches[0]
+    return exp, latest[0]
 
 
 def search_options_of(run: Any) -> dict[str, Any]:

@@ -307,6 +307,8 @@ def run_search(opts: SearchOptions) -> pd.DataFrame:
                                         max_concurrent_trials=opts.max_concurrent, reuse_actors=True),
             run_config=tune.RunConfig(name=tune_name, storage_path=plan.storage_path,
                                       failure_config=tune.FailureConfig(max_failures=opts.max_failures),
+                                      # a retry or resume needs only a trial's latest epoch checkpoint
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                                       verbose=opts.verbose),
         )
 

@@ -123,7 +123,8 @@ PARAMS: dict[str, Param] = {
     "imp_rounds": Param("int", 3, low=1, high=100, help="imp: prune-rewind-retrain rounds"),
     "rewind_epoch": Param("int", 0, low=0, high=1000,
                           help="imp: rewind surviving weights to their values after this distillation epoch "
-                               "(0 = the weights distillation started from; Frankle et al. 2020)"),
+                               "(0 = the weights distillation started from; an early stop: its last epoch; "
+                               "Frankle et al. 2020)"),
     # quantization (stage "quantize"; trainables/quantize.py)
     "quant_method": Param("str", "affine", ("affine", "int8_dynamic", "fp16"),
                           help="affine: b-bit per-row weights; int8_dynamic: also torch int8 kernels; fp16: half"),

@@ -186,6 +186,8 @@ class TrainState:
             (uint8 tensors): dropout and shuffling continue as in an uninterrupted run.
         history: the epochs' rows so far.
         train_time_s: seconds spent in those epochs.
+        cuda_rng: the CUDA generator's state of the training device (uint8 tensor), or ``None``
+            when training ran on the CPU.
     """
 
     epoch: int
@@ -200,6 +202,7 @@ class TrainState:
     torch_rng: torch.Tensor
     history: list[dict[str, float]]
     train_time_s: float
+    cuda_rng: torch.Tensor | None = None
 
     def save(self, path: str | Path) -> None:
         """Write the state with ``torch.save`` (tensors, numbers and strings only)."""
@@ -237,8 +240,9 @@ def train(model: nn.Module, train_data: Encoded, dev_data: Encoded, config: Mapp
         resume: continue after the epoch this state was taken at (same model, data and config);
             on CPU the result equals an uninterrupted run's exactly.
         on_state: called after each epoch, before ``on_epoch``, with the state to resume from
-            (e.g. to save it with the epoch's checkpoint). Copying the state costs one copy of
-            the weights and the optimizer's moments; without ``on_state`` none is made.
+            (e.g. to save it with the epoch's checkpoint). The state is a CPU copy of the
+            weights, the optimizer's moments and, when the epoch is not the best one, the best
+            weights; without ``on_state`` no copy is made.
 
     Raises:
         ValueError: no teacher logits, unknown optimizer/loss, or ``resume`` from a longer run
@@ -261,6 +265,8 @@ def train(model: nn.Module, train_data: Encoded, dev_data: Encoded, config: Mapp
         opt.load_state_dict(resume.optimizer)
         gen.set_state(resume.shuffle_rng)
         torch.set_rng_state(resume.torch_rng)
+        if resume.cuda_rng is not None and device.type == "cuda":
+            torch.cuda.set_rng_state(resume.cuda_rng, device)
         best_state = copy.deepcopy(resume.best if resume.best is not None else resume.model)
         result.best_epoch, result.best_accuracy = resume.best_epoch, resume.best_accuracy
         result.history = [dict(row) for row in resume.history]
@@ -297,7 +303,8 @@ def train(model: nn.Module, train_data: Encoded, dev_data: Encoded, config: Mapp
                 best=None if result.best_epoch == epoch else _cpu_copy(best_state), best_epoch=result.best_epoch,
                 best_accuracy=result.best_accuracy, stale=stale, stopped=stopped, shuffle_rng=gen.get_state(),
                 torch_rng=torch.get_rng_state(), history=[dict(r) for r in result.history],
-                train_time_s=earlier_s + time.perf_counter() - start))
+                train_time_s=earlier_s + time.perf_counter() - start,
+                cuda_rng=torch.cuda.get_rng_state(device) if device.type == "cuda" else None))
         if on_epoch is not None:
             on_epoch(row)
     model.load_state_dict(best_state)

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -43,8 +44,8 @@ from trainables.tracking import MemoryTracker, Tracker, environment_tags
 log = logging.getLogger(__name__)
 
 #: Files of an epoch checkpoint besides the student (see :func:`load_checkpoint`).
-STATE_FILE = "train_state.pt"
-ENERGY_FILE = "energy.json"
+STATE_FILE = "train_state.pt"  # trainables.distill.TrainState
+PROGRESS_FILE = "progress.json"  # {"energy": training energy so far, "rows": the per-epoch metrics logged}
 REWIND_FILE = "rewind_state.pt"  # prune_schedule=imp: {"epoch": int, "state": state dict}
 
 ReportFn = Callable[[dict[str, Any], "Path | None"], None]
@@ -116,8 +117,9 @@ def run_trial(config: Mapping[str, Any], data: TrialData, workdir: str | Path, t
             end with the final metrics and ``None``.
         resume_from: a checkpoint folder an earlier attempt of this trial reported (see
             :func:`load_checkpoint`): distillation continues after its epoch, exactly as if
-            uninterrupted on CPU; the earlier epochs' rows are logged again to this run (tag
-            ``resumed_from_epoch``) and their measured energy counts towards ``energy_j``.
+            uninterrupted on CPU; the earlier epochs' metrics are logged again to this run (tag
+            ``resumed_from_epoch``) and their measured energy counts towards ``energy_j``. A
+            folder that cannot be resumed from is skipped with a warning (tag ``resume_skipped``).
 
     Returns:
         Final metrics: ``accuracy`` (dev, percent; ``f1`` for QQP), ``num_params``,
@@ -219,10 +221,15 @@ def prepare(cfg: dict[str, Any], data: TrialData, device: str = "cpu",
 def _run(cfg: dict[str, Any], data: TrialData, workdir: Path, tracker: Tracker, settings: RunSettings,
          report: ReportFn | None, init: tuple[Any, torch.nn.Module] | None = None,
          resume_from: str | Path | None = None) -> dict[str, Any]:
-    resume, earlier_energy = load_checkpoint(resume_from) if resume_from is not None else (None, None)
-    if resume is not None and init is None and cfg["student"] != "transformer":
+    stages = parse_stages(cfg["stages"])
+    # iterative magnitude pruning resets surviving weights to those after epoch `rewind_epoch`
+    # (0: before training); the rewind point travels with the epoch checkpoints
+    imp = "prune" in stages and cfg["prune_schedule"] == "imp"
+    ckpt = _usable_checkpoint(resume_from, imp, tracker) if resume_from is not None else None
+    resume = ckpt.state if ckpt is not None else None
+    if ckpt is not None and init is None and cfg["student"] != "transformer":
         # the checkpoint's own encoder (a vocabulary learnt from text is not rebuilt); weights come from `resume`
-        model, encoder, _ = artifact.load_student(Path(resume_from) / artifact.ARTIFACT_NAME)
+        model, encoder, _ = artifact.load_student(ckpt.folder / artifact.ARTIFACT_NAME)
         init = (encoder, model)
     prep = prepare(cfg, data, settings.device, init)
     if prep.metrics:
@@ -238,10 +245,8 @@ def _run(cfg: dict[str, Any], data: TrialData, workdir: Path, tracker: Tracker, 
     readings: list[energy.EnergyReading] = []
     epochs_done: list[int] = []  # epochs reported (the final metrics go one step later)
     ckpt_dir = workdir / "checkpoint"
-    stages = parse_stages(cfg["stages"])
-    # iterative magnitude pruning resets surviving weights to those after epoch `rewind_epoch`
-    # (0: now); the rewind point travels with the epoch checkpoints so that a resumed trial has it
-    imp = "prune" in stages and cfg["prune_schedule"] == "imp"
+    logged_rows: list[dict[str, float]] = []  # the per-epoch metrics, kept in the checkpoint for a resumed run
+    pending: list[TrainState] = []  # the state train() hands over before each on_epoch
     rewind: dict[str, Any] = {"epoch": None, "state": None}
 
     def keep_rewind_point(epoch: int, state: dict[str, torch.Tensor] | None = None) -> None:
@@ -251,17 +256,17 @@ def _run(cfg: dict[str, Any], data: TrialData, workdir: Path, tracker: Tracker, 
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         torch.save(rewind, ckpt_dir / REWIND_FILE)
 
-    if imp and resume is not None and (Path(resume_from) / REWIND_FILE).is_file():
-        saved = torch.load(Path(resume_from) / REWIND_FILE, map_location="cpu", weights_only=True)
-        keep_rewind_point(saved["epoch"], saved["state"])
-    elif imp and resume is None and cfg["rewind_epoch"] == 0:
+    if imp and ckpt is not None:
+        keep_rewind_point(ckpt.rewind["epoch"], ckpt.rewind["state"])
+    elif imp and cfg["rewind_epoch"] == 0:
         keep_rewind_point(0)
-    if resume is not None:
-        readings.append(_continued_energy(earlier_energy, meter.method))
-        epochs_done.extend(int(row["epoch"]) for row in resume.history)
-        tracker.set_tags({"resumed_from_epoch": str(resume.epoch)})
-        for row in resume.history:
+    if ckpt is not None:
+        readings.append(_continued_energy(ckpt.energy, meter.method))
+        tracker.set_tags({"resumed_from_epoch": str(ckpt.state.epoch)})
+        for row in ckpt.rows:  # the earlier attempt's curve, so that this run's is whole
             tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
+            epochs_done.append(int(row["epoch"]))
+            logged_rows.append(row)
 
     def on_epoch(row: dict[str, float]) -> None:
         readings.append(meter.stop())
@@ -270,12 +275,15 @@ def _run(cfg: dict[str, Any], data: TrialData, workdir: Path, tracker: Tracker, 
         so_far = energy.sum_readings(readings)
         if so_far.joules is not None:
             metrics["energy_j"] = so_far.joules
-        (ckpt_dir / ENERGY_FILE).write_text(json.dumps(asdict(so_far)))
-        if imp and row["epoch"] <= cfg["rewind_epoch"]:  # the last epoch there is, if training stops early
-            keep_rewind_point(int(row["epoch"]))
         sizes = artifact.save_student(model, cfg, encoder, num_labels, pair, ckpt_dir / artifact.ARTIFACT_NAME)
         metrics.update(size_bytes=sizes["size_bytes"], gzip_bytes=sizes["gzip_bytes"])
         tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=int(row["epoch"]))
+        # the rest of the checkpoint, written outside the metered window like the student
+        logged_rows.append(metrics)
+        pending.pop().save(ckpt_dir / STATE_FILE)
+        (ckpt_dir / PROGRESS_FILE).write_text(json.dumps({"energy": asdict(so_far), "rows": logged_rows}))
+        if imp and row["epoch"] <= cfg["rewind_epoch"]:  # overwritten up to epoch `rewind_epoch` (or an early stop)
+            keep_rewind_point(int(row["epoch"]))
         if report is not None:
             report(metrics, ckpt_dir)
         meter.start()
@@ -284,8 +292,7 @@ def _run(cfg: dict[str, Any], data: TrialData, workdir: Path, tracker: Tracker, 
     if "distill" in stages:
         meter.start()
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-        result = train(model, train_enc, dev_enc, cfg, on_epoch, aux_loss, resume,
-                       on_state=lambda state: state.save(ckpt_dir / STATE_FILE))
+        result = train(model, train_enc, dev_enc, cfg, on_epoch, aux_loss, resume, on_state=pending.append)
         meter.stop()  # the window after the last epoch (early-stopping bookkeeping) is not training
         train_time_s, best_epoch = result.train_time_s, result.best_epoch
 
@@ -304,6 +311,9 @@ def _run(cfg: dict[str, Any], data: TrialData, workdir: Path, tracker: Tracker, 
                 quantized, runtime, extra = None, "float32", out.sparsity
                 if imp:
                     tracker.log_metrics({"prune_rewind_epoch": rewind["epoch"]})
+                    if rewind["epoch"] != cfg["rewind_epoch"]:
+                        log.warning("early stopping ended distillation at epoch %s, before rewind_epoch=%s; "
+                                    "rewound to epoch %s", rewind["epoch"], cfg["rewind_epoch"], rewind["epoch"])
             else:
                 out = quantize_student(model, cfg, train_enc, dev_enc, _stage_logger(tracker, stage))
                 quantized, runtime = out.tensors, out.runtime
@@ -338,30 +348,63 @@ def _run(cfg: dict[str, Any], data: TrialData, workdir: Path, tracker: Tracker, 
     return final
 
 
-def load_checkpoint(folder: str | Path) -> tuple[TrainState, energy.EnergyReading]:
-    """Read an epoch checkpoint that :func:`run_trial` wrote (and reported to Tune).
+@dataclass
+class TrialCheckpoint:
+    """An epoch checkpoint of a trial: what :func:`run_trial` reports to Tune after each epoch.
 
-    The folder holds the epoch's student (``student.safetensors``), the training state
-    (``train_state.pt``, :class:`trainables.distill.TrainState`, read with
-    ``weights_only=True``) and the training energy measured so far (``energy.json``).
+    Attributes:
+        folder: where it was read from; it holds the epoch's student (``student.safetensors``).
+        state: the training state (:class:`trainables.distill.TrainState`, ``train_state.pt``).
+        energy: the training energy measured up to that epoch (``progress.json``).
+        rows: the per-epoch metrics logged to MLflow so far, each with its ``epoch`` (``progress.json``).
+        rewind: ``prune_schedule=imp``: ``{"epoch": int, "state": state dict}``, the rewind point
+            (``rewind_state.pt``); ``None`` when the folder has none.
+    """
 
-    Returns:
-        ``(state, energy so far)``.
+    folder: Path
+    state: TrainState
+    energy: energy.EnergyReading
+    rows: list[dict[str, float]]
+    rewind: dict[str, Any] | None = None
+
+
+def load_checkpoint(folder: str | Path) -> TrialCheckpoint:
+    """Read an epoch checkpoint that :func:`run_trial` wrote (tensors with ``weights_only=True``).
 
     Raises:
         ConfigError: the folder is not such a checkpoint (a file is missing or unreadable).
     """
     folder = Path(folder)
-    missing = [n for n in (artifact.ARTIFACT_NAME, STATE_FILE, ENERGY_FILE) if not (folder / n).is_file()]
+    missing = [n for n in (artifact.ARTIFACT_NAME, STATE_FILE, PROGRESS_FILE) if not (folder / n).is_file()]
     if missing:
         raise ConfigError(f"{folder} is not a trial checkpoint: {', '.join(missing)} missing")
     try:
         state = TrainState.load(folder / STATE_FILE)
-        reading = json.loads((folder / ENERGY_FILE).read_text())
-        return state, energy.EnergyReading(reading["joules"], reading["method"], tuple(reading["devices"]),
-                                           reading["seconds"])
-    except Exception as e:  # a truncated or foreign file: say which, not a pickle traceback
-        raise ConfigError(f"cannot read the trial checkpoint in {folder}: {type(e).__name__}: {e}") from e
+        progress = json.loads((folder / PROGRESS_FILE).read_text())
+        e = progress["energy"]
+        reading = energy.EnergyReading(e["joules"], e["method"], tuple(e["devices"]), e["seconds"])
+        rewind = None
+        if (folder / REWIND_FILE).is_file():
+            rewind = torch.load(folder / REWIND_FILE, map_location="cpu", weights_only=True)
+        return TrialCheckpoint(folder, state, reading, list(progress["rows"]), rewind)
+    except Exception as err:  # a truncated or foreign file: say which, not a pickle traceback
+        raise ConfigError(f"cannot read the trial checkpoint in {folder}: {type(err).__name__}: {err}") from err
+
+
+def _usable_checkpoint(folder: str | Path, imp: bool, tracker: Tracker) -> TrialCheckpoint | None:
+    """:func:`load_checkpoint`, or ``None`` when the folder cannot be resumed from (written by an
+    earlier version, damaged, or an ``imp`` trial's without its rewind point): then the trial
+    trains from its first epoch, says why in a warning, and tags its run ``resume_skipped``."""
+    try:
+        ckpt = load_checkpoint(folder)
+        if not imp or ckpt.rewind is not None:
+            return ckpt
+        reason = f"{folder} has no rewind point ({REWIND_FILE}) for prune_schedule=imp"
+    except ConfigError as err:
+        reason = str(err)
+    log.warning("not resuming; training from the first epoch: %s", reason)
+    tracker.set_tags({"resume_skipped": reason[:4000]})
+    return None
 
 
 def _continued_energy(earlier: energy.EnergyReading, method: str) -> energy.EnergyReading:
@@ -467,7 +510,12 @@ def tune_trainable(config: dict[str, Any], data: TrialData, tracking: Mapping[st
     if checkpoint is not None:
         resume_from = Path(tempfile.mkdtemp(prefix="resume-", dir=workdir))
         checkpoint.to_directory(str(resume_from))
-    run_trial(config, data, workdir, tracker, settings, report, run_name=ctx.get_trial_name(), resume_from=resume_from)
+    try:
+        run_trial(config, data, workdir, tracker, settings, report, run_name=ctx.get_trial_name(),
+                  resume_from=resume_from)
+    finally:
+        if resume_from is not None:
+            shutil.rmtree(resume_from, ignore_errors=True)
 
 
 def _test_crash_once() -> None:

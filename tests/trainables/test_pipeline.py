@@ -91,43 +91,60 @@ def test_a_trial_killed_after_an_epoch_resumes_from_its_checkpoint(sst2_small, t
     first = MemoryTracker()
     with pytest.raises(Killed):
         run_trial(cfg, sst2_small, tmp_path / "a1", first, settings, report=die_after_epoch_2)
-    state, earlier = load_checkpoint(tmp_path / "a1" / "checkpoint")
+    ckpt = load_checkpoint(tmp_path / "a1" / "checkpoint")
+    state, earlier = ckpt.state, ckpt.energy
     assert state.epoch == 2 and earlier.method == "estimate" and earlier.joules > 0
+    assert [r["epoch"] for r in ckpt.rows] == [1, 2] and ckpt.rows[-1]["energy_j"] == earlier.joules
 
     second = MemoryTracker()
     final = run_trial(cfg, sst2_small, tmp_path / "a2", second, settings, resume_from=tmp_path / "a1" / "checkpoint")
     assert second.tags["resumed_from_epoch"] == "2" and second.status == "FINISHED"
+    assert "resume_skipped" not in second.tags
     # the same student as the uninterrupted trial, and the same epoch curve in the new run
     assert (final["accuracy"], final["best_epoch"], final["size_bytes"]) == \
         (whole["accuracy"], whole["best_epoch"], whole["size_bytes"])
     assert (tmp_path / "a2/model/student.safetensors").read_bytes() == \
         (tmp_path / "whole/model/student.safetensors").read_bytes()
-    assert second.metrics["train_loss"] == whole_tracker.metrics["train_loss"]
+    for name in ("train_loss", "size_bytes", "gzip_bytes"):
+        assert second.metrics[name] == whole_tracker.metrics[name], name
+    assert [step for step, _ in second.metrics["energy_j"]] == [1, 2, 3, 4]  # 3 epochs and the final value
+    assert second.metrics["energy_j"][:2] == [(r["epoch"], r["energy_j"]) for r in ckpt.rows]
     # the earlier attempt's measured epochs count towards the trial's training energy
     assert final["energy_j"] > earlier.joules and final["train_time_s"] > state.train_time_s
-    (tmp_path / "a1" / "checkpoint" / "energy.json").unlink()
-    with pytest.raises(ConfigError, match="not a trial checkpoint: energy.json missing"):
+
+    # a folder that cannot be resumed from (an older version's, or damaged): train afresh, and say so
+    (tmp_path / "a1" / "checkpoint" / "progress.json").unlink()
+    with pytest.raises(ConfigError, match="not a trial checkpoint: progress.json missing"):
         load_checkpoint(tmp_path / "a1" / "checkpoint")
+    third = MemoryTracker()
+    again = run_trial(cfg, sst2_small, tmp_path / "a3", third, settings, resume_from=tmp_path / "a1" / "checkpoint")
+    assert "progress.json missing" in third.tags["resume_skipped"] and "resumed_from_epoch" not in third.tags
+    assert (tmp_path / "a3/model/student.safetensors").read_bytes() == \
+        (tmp_path / "whole/model/student.safetensors").read_bytes() and again["accuracy"] == whole["accuracy"]
 
 
 def test_imp_trial_rewinds_to_its_epoch_and_survives_a_resume(sst2_small, tmp_path):
-    cfg = {**FAST, "epochs": 2, "stages": "distill,prune", "prune_schedule": "imp", "imp_rounds": 2,
-           "finetune_epochs": 2, "rewind_epoch": 1, "sparsity": 0.6}
+    cfg = {**FAST, "epochs": 3, "stages": "distill,prune", "prune_schedule": "imp", "imp_rounds": 2,
+           "finetune_epochs": 2, "rewind_epoch": 2, "sparsity": 0.6}
     whole_tracker = MemoryTracker()
     whole = run_trial(cfg, sst2_small, tmp_path / "whole", whole_tracker)
     assert whole["sparsity_achieved"] == pytest.approx(0.6, abs=1e-3)
-    assert whole_tracker.metrics["prune_rewind_epoch"][-1][1] == 1
+    assert whole_tracker.metrics["prune_rewind_epoch"][-1][1] == 2
     assert len(whole_tracker.metrics["prune_train_loss"]) == 4  # two retraining epochs per round
     assert whole["accuracy"] > 65.0  # the pruned, rewound and retrained student learnt SST-2 (chance: 51%)
 
-    def die_after_epoch_2(metrics, ckpt):
-        if ckpt is not None and metrics["epoch"] == 2:
-            raise KeyboardInterrupt
+    # killed before the rewind epoch (the point is taken after the resume) and after it (it travels along)
+    for killed_at in (1, 3):
+        def die(metrics, ckpt, killed_at=killed_at):
+            if ckpt is not None and metrics["epoch"] == killed_at:
+                raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt):
-        run_trial(cfg, sst2_small, tmp_path / "a1", MemoryTracker(), report=die_after_epoch_2)
-    resumed = run_trial(cfg, sst2_small, tmp_path / "a2", MemoryTracker(), resume_from=tmp_path / "a1" / "checkpoint")
-    # the rewind point (epoch 1) travelled with the checkpoint: the same pruned student
-    assert (tmp_path / "a2/model/student.packed.safetensors").read_bytes() == \
-        (tmp_path / "whole/model/student.packed.safetensors").read_bytes()
-    assert resumed["accuracy"] == whole["accuracy"]
+        with pytest.raises(KeyboardInterrupt):
+            run_trial(cfg, sst2_small, tmp_path / f"k{killed_at}", MemoryTracker(), report=die)
+        tracker = MemoryTracker()
+        resumed = run_trial(cfg, sst2_small, tmp_path / f"r{killed_at}", tracker,
+                            resume_from=tmp_path / f"k{killed_at}" / "checkpoint")
+        assert tracker.tags["resumed_from_epoch"] == str(killed_at)
+        assert (tmp_path / f"r{killed_at}/model/student.packed.safetensors").read_bytes() == \
+            (tmp_path / "whole/model/student.packed.safetensors").read_bytes()
+        assert resumed["accuracy"] == whole["accuracy"]
