@@ -35,6 +35,10 @@ SAMPLERS = ("tpe", "nsga2", "gp", "random")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
+#: Epoch checkpoints Tune keeps per trial (a retry or resume reads the latest).
+CHECKPOINTS_KEPT = 2
+
+
 @dataclass
 class SearchOptions:
     """What ``run_search.py search`` accepts (see ``--help`` for each)."""
@@ -308,7 +312,7 @@ def run_search(opts: SearchOptions) -> pd.DataFrame:
             run_config=tune.RunConfig(name=tune_name, storage_path=plan.storage_path,
                                       failure_config=tune.FailureConfig(max_failures=opts.max_failures),
                                       # a retry or resume needs only a trial's latest epoch checkpoint
-                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
                                       verbose=opts.verbose),
         )
 
@@ -363,6 +367,10 @@ def execute_search(plan: Plan, data: Any, client: Any, experiment_id: str, paren
     # Tune saves its experiment state (trials, searcher) every TUNE_GLOBAL_CHECKPOINT_S; "auto" means >= 10 s,
     # and a trial created after the last save is unknown to a resume. 1 s keeps that window far below a trial.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    # with CheckpointConfig(num_to_keep), Tune also saves it every num_to_keep checkpoints of a trial
+    # (so that it never names a deleted checkpoint) and warns when saves come within 5 s, which
+    # short epochs do; the state is a few small files, so the warning is noise here
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     status, errors = "FAILED", {}
     try:
         connect(opts.address)
