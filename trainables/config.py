@@ -271,8 +271,6 @@ def resolve_config(partial: Mapping[str, Any], where: str = "config") -> dict[st
     cfg["stages"] = ",".join(parse_stages(cfg["stages"], where))
     if cfg["hidden_dim"] < 1 and student != "transformer":
         raise ConfigError(f"{where}: 'hidden_dim' = {cfg['hidden_dim']} is below its minimum 1 for student={student}")
-    if student == "transformer" and cfg["stages"] != "distill":
-        raise ConfigError(f"{where}: student=transformer supports stages=distill only (no prune/quantize)")
     _resolve_compression(cfg, where)
     return dict(sorted(cfg.items()))
 

@@ -239,8 +239,11 @@ def save_packed(model: Student, config: Mapping[str, Any], encoder: TextEncoder,
             value = q
         entries, packing[key] = encode_tensor(key, value)
         tensors.update(entries)
+    extra = {"model_config": model.model.config.to_json_string(use_diff=False)} \
+        if config.get("student") == "transformer" else {}  # what rebuilds its architecture
     meta = student_metadata(FORMAT, config, encoder, num_labels, pair,
-                            packing=json.dumps(packing, separators=(",", ":"), sort_keys=True), runtime=runtime)
+                            packing=json.dumps(packing, separators=(",", ":"), sort_keys=True), runtime=runtime,
+                            **extra)
     return write_safetensors(path, tensors, meta)
 
 
@@ -269,7 +272,12 @@ def load_packed(path: str | Path, runtime: bool = True) -> tuple[torch.nn.Module
     with safe_open(str(path), framework="pt") as f:
         entries = {k: f.get_tensor(k) for k in f.keys()}
     state = {key: decode_tensor(key, spec, entries) for key, spec in packing.items()}
-    model = build_student(config, encoder, int(meta["num_labels"]), meta["pair"] == "1", init_pretrained=False)
+    if config.get("student") == "transformer":
+        from trainables.transformer_student import skeleton
+
+        model = skeleton(meta)
+    else:
+        model = build_student(config, encoder, int(meta["num_labels"]), meta["pair"] == "1", init_pretrained=False)
     model.load_state_dict(state)
     model.eval()
     if runtime and meta.get("runtime") == "int8_dynamic":

@@ -93,24 +93,28 @@ class Prunable:
 
 
 def prunable_tensors(model: nn.Module) -> list[Prunable]:
-    """Every parameter with >= 2 dimensions of ``model.embedding``, ``.encoder``, ``.classifier``.
+    """Every parameter with >= 2 dimensions of ``model.embedding``, ``.encoder``, ``.classifier``
+    (for a transformer student, the parts its properties name), each once, keyed by its
+    state-dict name in ``model``.
 
     Works before and during pruning (a pruned ``weight`` is registered as ``weight_orig``).
 
     Raises:
         ValueError: ``model`` lacks one of the parts.
     """
-    out = []
+    path_of = {id(m): n for n, m in model.named_modules()}
+    out, seen = [], set()
     for part in PARTS:
         sub = getattr(model, part, None)
         if sub is None:
             raise ValueError(f"model has no {part!r} module; expected a Student")
-        for mod_name, mod in sub.named_modules():
+        for mod in sub.modules():
             for pname, p in mod.named_parameters(recurse=False):
-                if p.ndim < 2:
+                if p.ndim < 2 or id(p) in seen:
                     continue
+                seen.add(id(p))
                 name = pname[: -len("_orig")] if pname.endswith("_orig") else pname
-                key = ".".join(x for x in (part, mod_name, name) if x)
+                key = ".".join(x for x in (path_of[id(mod)], name) if x)
                 out.append(Prunable(part, key, mod, name))
     return out
 

@@ -124,6 +124,32 @@ class TransformerStudent(Student):
     def encode(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError("a transformer student reads both sentences jointly; call it directly")
 
+    # The three parts that pruning and quantization target (trainables.prune.PARTS), as views
+    # of ``model``'s own modules (nothing is registered twice; state-dict keys stay ``model.*``).
+
+    @property
+    def embedding(self) -> nn.Module:
+        """The token, position and segment embeddings (``base_model.embeddings``)."""
+        return self.model.base_model.embeddings
+
+    @property
+    def encoder(self) -> nn.Module:
+        """The k transformer layers (``base_model.encoder``, or ``.transformer`` for DistilBERT-like models)."""
+        base = self.model.base_model
+        encoder = getattr(base, "encoder", None) or getattr(base, "transformer", None)
+        if encoder is None:
+            raise ValueError(f"{type(base).__name__} has no encoder/transformer module to compress")
+        return encoder
+
+    @property
+    def classifier(self) -> nn.Module:
+        """The pooler (when the model has one) and the classification head: every module of
+        ``model`` outside its base model."""
+        base = self.model.base_model
+        heads = [m for m in self.model.children() if m is not base]
+        pooler = getattr(base, "pooler", None)
+        return nn.ModuleList(([pooler] if pooler is not None else []) + heads)
+
     @staticmethod
     def joint_inputs(ids_a: torch.Tensor, len_a: torch.Tensor, ids_b: torch.Tensor | None = None,
                      len_b: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -336,15 +362,22 @@ def load_transformer(path: str | Path, meta: Mapping[str, str] | None = None
         ConfigError: not a transformer student file.
     """
     from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForSequenceClassification
 
     from trainables.artifact import read_metadata
 
     meta = meta or read_metadata(path)
     if meta.get("featherweight_format") != FORMAT:
         raise ConfigError(f"{path}: not a transformer student file (format {meta.get('featherweight_format')!r})")
+    student = skeleton(meta)
+    student.model.load_state_dict(load_file(str(path)))
+    return student.eval(), WordPieceEncoder.from_json(json.loads(meta["encoder"])), json.loads(meta["config"])
+
+
+def skeleton(meta: Mapping[str, str]) -> TransformerStudent:
+    """An untrained student of the architecture a file's ``model_config`` and ``pair`` metadata
+    describe (no download: built from the config alone), ready for ``load_state_dict``."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
     hf = json.loads(meta["model_config"])
     model = AutoModelForSequenceClassification.from_config(AutoConfig.for_model(hf.pop("model_type"), **hf))
-    model.load_state_dict(load_file(str(path)))
-    student = TransformerStudent(model, meta["pair"] == "1")
-    return student.eval(), WordPieceEncoder.from_json(json.loads(meta["encoder"])), json.loads(meta["config"])
+    return TransformerStudent(model, meta["pair"] == "1")

@@ -115,8 +115,49 @@ def test_bad_configs_are_config_errors(sst2_teacher):
         from_teacher(None, _cfg(), 2, pair=False)
     with pytest.raises(ConfigError, match="3 labels"):
         from_teacher(str(TEACHERS / "minilm-l6-mnli"), _cfg(), 2, pair=True)
-    with pytest.raises(ConfigError, match="stages=distill only"):
-        _cfg(stages="distill,prune")
+    with pytest.raises(ConfigError, match="no encoder target for 'transformer'"):
+        _cfg(stages="distill,prune", prune_targets="thesis")  # Table 6.3 has no transformer row
+
+
+def test_pruned_and_quantized_transformer_student_packs_and_reloads_exactly(sst2_teacher, sst2_splits, tmp_path):
+    from trainables import packed
+    from trainables.artifact import load_student
+    from trainables.prune import PARTS, prunable_tensors, prune_student, sparsity_by_part
+    from trainables.quantize import quantize_student, to_int8_dynamic
+    from trainables.transformer_student import save_transformer
+
+    cfg = _cfg(transformer_layers=1, stages="distill,prune,quantize", sparsity=0.5, bits_embedding=4)
+    encoder, model = from_teacher(str(sst2_teacher), cfg, 2, pair=False)
+    tensors = prunable_tensors(model)
+    state = model.state_dict()
+    assert {t.part for t in tensors} == set(PARTS) and all(t.key in state for t in tensors)
+    assert "model.bert.encoder.layer.0.attention.self.query.weight" in {t.key for t in tensors}
+    assert {t.key for t in tensors if t.part == "classifier"} == {"model.bert.pooler.dense.weight",
+                                                                   "model.classifier.weight"}
+    fp32 = save_transformer(model, cfg, encoder, 2, False, tmp_path / "fp32.safetensors")
+
+    prune_student(model, cfg)
+    for part, (zeros, n) in sparsity_by_part(model).items():
+        assert zeros / n == pytest.approx(0.5, abs=1e-4), part  # round(0.5 x n) per tensor
+    quantized = quantize_student(model, cfg)
+    assert {quantized.plan[t.key] for t in tensors if t.part == "embedding"} == {4}
+    assert quantized.plan["model.bert.embeddings.LayerNorm.weight"] == 32  # vectors stay float32
+    _, dev = sst2_splits
+    dev_enc = encode_split(dev, encoder, 64, rows=np.arange(128))
+    expected = predict(model, dev_enc)
+    path = tmp_path / "student.packed.safetensors"
+    sizes = packed.save_packed(model, cfg, encoder, 2, False, path, quantized.tensors, quantized.runtime)
+    loaded, loaded_encoder, loaded_cfg = load_student(path)
+    assert loaded_cfg["student"] == "transformer"
+    assert np.array_equal(predict(loaded, encode_split(dev, loaded_encoder, 64, rows=np.arange(128))), expected)
+    assert sizes["size_bytes"] < 0.2 * fp32["size_bytes"]  # half the weights, 4-8 bits each
+    # torch's int8 kernels run every Linear of a transformer student (here all 6 layers: the
+    # untrained k=1 head's logits are too flat, std ~0.01, for agreement to mean anything)
+    encoder6, full = from_teacher(str(sst2_teacher), _cfg(transformer_layers=6), 2, pair=False)
+    enc6 = encode_split(dev, encoder6, 64, rows=np.arange(128))
+    int8 = to_int8_dynamic(full)
+    assert not any(type(m) is torch.nn.Linear for m in int8.modules())
+    assert (predict(int8, enc6).argmax(1) == predict(full, enc6).argmax(1)).mean() >= 0.95
 
 
 def test_trial_saves_one_artifact_with_its_tokenizer(sst2_small, sst2_teacher, tmp_path, monkeypatch):
@@ -146,5 +187,32 @@ def test_trial_saves_one_artifact_with_its_tokenizer(sst2_small, sst2_teacher, t
     assert '"num_hidden_layers": 2' in meta["model_config"]
     model, encoder, saved_cfg = load_student(path)  # no teacher needed to load it
     assert saved_cfg["student"] == "transformer" and encoder.kind == "wordpiece"
+    acc = (predict(model, encode_split(dev, encoder, saved_cfg["max_length"])).argmax(1) == dev.labels).mean() * 100
+    assert acc == pytest.approx(final["accuracy"])
+
+
+def test_trial_distils_prunes_and_quantizes_a_transformer_student(sst2_small, sst2_teacher, tmp_path, monkeypatch):
+    import gzip
+
+    from trainables import artifact
+    from trainables.artifact import load_student
+    from trainables.pipeline import run_trial
+    from trainables.tracking import MemoryTracker
+
+    dev = Split("sst2", "dev", sst2_small.dev.text_a[:100], None, sst2_small.dev.labels[:100], "subset")
+    data = sst2_small.__class__(**{**sst2_small.__dict__, "dev": dev, "dev_logits": sst2_small.dev_logits[:100],
+                                   "teacher_path": str(sst2_teacher)})
+    cfg = {"student": "transformer", "transformer_layers": 1, "max_train_examples": 64, "epochs": 1, "lr": 1e-4,
+           "batch_size": 32, "stages": "distill,prune,quantize", "sparsity": 0.5, "bits_embedding": 4}
+    monkeypatch.setattr(artifact, "file_sizes", lambda p: {"size_bytes": Path(p).stat().st_size, "gzip_bytes": len(
+        gzip.compress(Path(p).read_bytes(), compresslevel=1))})  # as above: a fast gzip of the dense file
+    tracker = MemoryTracker()
+    final = run_trial(cfg, data, tmp_path, tracker)
+    last = {k: v[-1][1] for k, v in tracker.metrics.items()}
+    assert last["prune_sparsity_achieved"] == pytest.approx(0.5, abs=1e-4)
+    assert final["size_bytes"] < 0.2 * last["distill_size_bytes"]  # 50% zeros, 4-8 bit codes
+    path = tmp_path / "model" / "student.packed.safetensors"
+    assert final["size_bytes"] == path.stat().st_size
+    model, encoder, saved_cfg = load_student(path)
     acc = (predict(model, encode_split(dev, encoder, saved_cfg["max_length"])).argmax(1) == dev.labels).mean() * 100
     assert acc == pytest.approx(final["accuracy"])
