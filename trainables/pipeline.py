@@ -38,7 +38,7 @@ from trainables.embeddings import build_encoder
 from trainables.metrics import inference_speed, task_metrics
 from trainables.prune import prune_student
 from trainables.quantize import quantize_student
-from trainables.students import Student, build_student, count_params
+from trainables.students import build_student, count_params
 from trainables.tracking import MemoryTracker, Tracker, environment_tags
 
 log = logging.getLogger(__name__)
@@ -296,6 +296,8 @@ def _run(cfg: dict[str, Any], data: TrialData, workdir: Path, tracker: Tracker, 
         meter.stop()  # the window after the last epoch (early-stopping bookkeeping) is not training
         train_time_s, best_epoch = result.train_time_s, result.best_epoch
 
+    if getattr(model, "keep_layers", ()):  # Patient KD is a distillation loss: later stages skip its hidden states
+        model.keep_layers = ()
     # each stage saves its student and is measured from that file; the last stage's is the trial's
     model_dir = workdir / "model"
     for i, stage in enumerate(stages):
@@ -444,7 +446,8 @@ def _evaluate_saved(path: Path, sizes: dict[str, int], data: TrialData, dev_enc:
         metrics["accuracy_mismatched"] = mm_metrics["accuracy"]
         metrics["accuracy_mean"] = (metrics["accuracy"] + metrics["accuracy_mismatched"]) / 2
     # torch int8 modules hide their weights from parameters(): count on the float32 decoding
-    plain = saved if isinstance(saved, Student) else packed.load_packed(path, runtime=False)[0]
+    int8 = artifact.read_metadata(path).get("runtime") == "int8_dynamic"
+    plain = packed.load_packed(path, runtime=False)[0] if int8 else saved
     num_params, nonzero = count_params(plain)
     metrics.update(sizes)
     metrics.update(inference_speed(saved, dev_enc, threads=threads))

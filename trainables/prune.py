@@ -350,7 +350,7 @@ def rewind(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
         KeyError: ``state`` lacks one of the model's tensors.
     """
     with torch.no_grad():
-        for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        for name, tensor in model.state_dict(keep_vars=True).items():  # persistent buffers only, as `state`
             if name.endswith("_mask"):
                 continue
             source = name[: -len("_orig")] if name.endswith("_orig") else name

@@ -134,12 +134,13 @@ class TransformerStudent(Student):
 
     @property
     def encoder(self) -> nn.Module:
-        """The k transformer layers (``base_model.encoder``, or ``.transformer`` for DistilBERT-like models)."""
+        """Every module of the base model besides its embeddings and pooler: the k layers
+        (``encoder`` in BERT, ``transformer`` in DistilBERT, ``layers`` in ModernBERT) and
+        whatever else sits between (e.g. ELECTRA's ``embeddings_project``), so no weight is
+        left out of compression."""
         base = self.model.base_model
-        encoder = getattr(base, "encoder", None) or getattr(base, "transformer", None)
-        if encoder is None:
-            raise ValueError(f"{type(base).__name__} has no encoder/transformer module to compress")
-        return encoder
+        skip = {id(getattr(base, "embeddings", None)), id(getattr(base, "pooler", None))}
+        return nn.ModuleList([m for m in base.children() if id(m) not in skip])
 
     @property
     def classifier(self) -> nn.Module:

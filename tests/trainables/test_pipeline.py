@@ -148,3 +148,12 @@ def test_imp_trial_rewinds_to_its_epoch_and_survives_a_resume(sst2_small, tmp_pa
         assert (tmp_path / f"r{killed_at}/model/student.packed.safetensors").read_bytes() == \
             (tmp_path / "whole/model/student.packed.safetensors").read_bytes()
         assert resumed["accuracy"] == whole["accuracy"]
+
+
+def test_int8_dynamic_trial_counts_the_weights_its_int8_modules_hide(sst2_small, tmp_path):
+    tracker = MemoryTracker()
+    final = run_trial({**FAST, "epochs": 1, "stages": "distill,quantize", "quant_method": "int8_dynamic"},
+                      sst2_small, tmp_path, tracker)
+    distill = {k: v[-1][1] for k, v in tracker.metrics.items() if k.startswith("distill_")}
+    assert final["num_params"] == distill["distill_num_params"] > 0
+    assert final["fp32_bytes"] == 4 * final["num_params"]

@@ -151,6 +151,20 @@ def test_pruned_and_quantized_transformer_student_packs_and_reloads_exactly(sst2
     assert loaded_cfg["student"] == "transformer"
     assert np.array_equal(predict(loaded, encode_split(dev, loaded_encoder, 64, rows=np.arange(128))), expected)
     assert sizes["size_bytes"] < 0.2 * fp32["size_bytes"]  # half the weights, 4-8 bits each
+    # iterative magnitude pruning rewinds a transformer student too (its non-persistent buffers stay)
+    imp_cfg = {**_cfg(transformer_layers=1, stages="distill,prune", prune_schedule="imp", imp_rounds=2,
+                      finetune_epochs=1, sparsity=0.5, batch_size=8), "optimizer": "sgd", "lr": 0.0}
+    _, ticket = from_teacher(str(sst2_teacher), imp_cfg, 2, pair=False)
+    start = {k: v.clone() for k, v in ticket.state_dict().items()}
+    with torch.no_grad():
+        for p in ticket.parameters():
+            p.add_(torch.randn_like(p))  # "trained" weights, away from the rewind point
+    small = encode_split(dev, encoder, 32, teacher=np.zeros((len(dev), 2), np.float32), rows=np.arange(8))
+    prune_student(ticket, imp_cfg, small, small, rewind_state=start)
+    for key, value in ticket.state_dict().items():
+        kept = value != 0
+        assert torch.equal(value[kept], start[key][kept]), key
+
     # torch's int8 kernels run every Linear of a transformer student (here all 6 layers: the
     # untrained k=1 head's logits are too flat, std ~0.01, for agreement to mean anything)
     encoder6, full = from_teacher(str(sst2_teacher), _cfg(transformer_layers=6), 2, pair=False)
