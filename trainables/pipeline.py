@@ -205,8 +205,11 @@ def prepare(cfg: dict[str, Any], data: TrialData, device: str = "cpu",
         [train_split.text_b[i] for i in rows] if train_split.is_pair else [])
     num_labels, pair = train_split.num_labels, train_split.is_pair
     aux_loss = None
-    if init is not None:  # (encoder, model) of the student named by init_run_id
+    if init is not None:  # (encoder, model) of the student named by init_run_id (or of a checkpoint)
         encoder, model = init
+        if cfg["student"] == "transformer":
+            aux_loss, pkd_metrics = transformer_student.patient_kd(data.teacher_path, cfg, model, train_split, rows)
+            metrics.update(pkd_metrics)
     elif cfg["student"] == "transformer":  # the teacher's tokenizer and first k layers (+ Patient KD)
         encoder, model, aux_loss, pkd_metrics = transformer_student.prepare(
             data.teacher_path, cfg, train_split, rows, num_labels, pair)

@@ -179,6 +179,8 @@ class TransformerStudent(Student):
     def forward(self, ids_a: torch.Tensor, len_a: torch.Tensor, ids_b: torch.Tensor | None = None,
                 len_b: torch.Tensor | None = None) -> torch.Tensor:
         ids, mask, types = self.joint_inputs(ids_a, len_a, ids_b if self.pair else None, len_b)
+        if getattr(self.model.config, "type_vocab_size", 2) < 2:  # RoBERTa-like: one segment embedding
+            types = torch.zeros_like(types)
         keep = bool(self.keep_layers) and self.training
         out = self.model(input_ids=ids, attention_mask=mask, token_type_ids=types, output_hidden_states=keep)
         if keep:  # hidden_states[j] is the output of layer j (0: embeddings)
@@ -302,9 +304,26 @@ def prepare(teacher: str | None, config: Mapping[str, Any], train: Split, rows: 
         ConfigError: see :func:`from_teacher`.
     """
     encoder, model = from_teacher(teacher or "", config, num_labels, pair)
+    aux_loss, metrics = patient_kd(teacher, config, model, train, rows)
+    return encoder, model, aux_loss, metrics
+
+
+def patient_kd(teacher: str | None, config: Mapping[str, Any], model: TransformerStudent, train: Split,
+               rows: np.ndarray | None) -> tuple[Callable[[torch.Tensor], torch.Tensor] | None, dict[str, float]]:
+    """The Patient-KD loss of ``model`` (a new student, or one from ``init_run_id``) against the teacher.
+
+    Returns:
+        ``(aux_loss, metrics)``: see :func:`prepare`; ``(None, {})`` when ``pkd_beta`` is 0 or the
+        student has one layer.
+
+    Raises:
+        ConfigError: ``pkd_beta`` > 0 without a teacher folder, or a teacher that cannot be loaded.
+    """
     beta, k = float(config["pkd_beta"]), int(config["transformer_layers"])
     if beta <= 0 or k < 2:
-        return encoder, model, None, {}
+        return None, {}
+    if not teacher:
+        raise ConfigError("pkd_beta > 0 needs the teacher's folder (TrialData.teacher_path is unset)")
     from trainables.teacher import load_teacher
 
     start = time.perf_counter()
@@ -318,7 +337,7 @@ def prepare(teacher: str | None, config: Mapping[str, Any], train: Split, rows: 
     def aux_loss(idx: torch.Tensor) -> torch.Tensor:
         return beta * pkd_loss(model.cls_states, states[idx].to(model.cls_states.device))
 
-    return encoder, model, aux_loss, {"pkd_teacher_time_s": seconds}
+    return aux_loss, {"pkd_teacher_time_s": seconds}
 
 
 # --- the artifact -------------------------------------------------------------------------------

@@ -230,3 +230,28 @@ def test_trial_distils_prunes_and_quantizes_a_transformer_student(sst2_small, ss
     model, encoder, saved_cfg = load_student(path)
     acc = (predict(model, encode_split(dev, encoder, saved_cfg["max_length"])).argmax(1) == dev.labels).mean() * 100
     assert acc == pytest.approx(final["accuracy"])
+
+
+def test_patient_kd_also_for_a_student_given_by_init_run_id(sst2_small, sst2_teacher):
+    from trainables.pipeline import prepare as prepare_trial
+
+    data = sst2_small.__class__(**{**sst2_small.__dict__, "teacher_path": str(sst2_teacher)})
+    cfg = {**_cfg(pkd_beta=10.0), "max_train_examples": 32}
+    encoder, model = from_teacher(str(sst2_teacher), cfg, 2, pair=False)
+    prep = prepare_trial(cfg, data, init=(encoder, model))  # init_run_id: the earlier run's student
+    assert prep.model is model and prep.aux_loss is not None and prep.metrics["pkd_teacher_time_s"] > 0
+    assert model.keep_layers == (1,)
+
+
+def test_pairs_on_a_single_segment_model_use_segment_zero():
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    from trainables.transformer_student import TransformerStudent
+
+    torch.manual_seed(0)
+    conf = RobertaConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32, max_position_embeddings=40, type_vocab_size=1, num_labels=2)
+    student = TransformerStudent(RobertaForSequenceClassification(conf), pair=True).eval()
+    ids = torch.tensor([[0, 5, 6, 2], [0, 7, 2, 1]])
+    out = student(ids, torch.tensor([4, 3]), ids, torch.tensor([4, 3]))  # segment 1 would be out of range
+    assert out.shape == (2, 2) and torch.isfinite(out).all()
