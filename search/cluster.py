@@ -91,17 +91,29 @@ def resolve_storage_path(path: str | None) -> str | None:
     if not path.strip():
         raise ConfigError("--storage-path is empty; pass a folder (shared by all nodes) or a URI such as "
                           "s3://bucket/dir")
-    scheme = urllib.parse.urlparse(path).scheme
+    return folder_or_uri(path, "--storage-path", Path.cwd())
+
+
+def folder_or_uri(value: str, option: str, cwd: Path) -> str:
+    """A storage location given on the command line: a URI (``s3://``, ``gs://``...) as is, a
+    local folder (or ``file://`` URI) as an absolute path, relative ones against ``cwd``.
+
+    Raises:
+        ConfigError: a local path that is a file, or whose nearest existing parent is not a
+            writable folder (the message names ``option``).
+    """
+    scheme = urllib.parse.urlparse(value).scheme
     if len(scheme) > 1 and scheme != "file":  # s3://, gs://, hdfs://... (a Windows drive letter is 1 char)
-        return path
-    local = Path(path[len("file://"):] if scheme == "file" else path).expanduser().absolute()
+        return value
+    local = Path(value[len("file://"):] if scheme == "file" else value).expanduser()
+    local = local if local.is_absolute() else cwd / local
     if local.exists() and not local.is_dir():
-        raise ConfigError(f"--storage-path {path!r} is a file; pass a folder")
+        raise ConfigError(f"{option} {value!r} is a file; pass a folder or a URI such as s3://bucket/dir")
     parent = local
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise ConfigError(f"--storage-path {path!r} cannot be created: {str(parent)!r} is not a writable folder")
+        raise ConfigError(f"{option} {value!r} cannot be created: {str(parent)!r} is not a writable folder")
     return str(local)
 
 

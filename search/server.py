@@ -22,6 +22,7 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
+from search.cluster import folder_or_uri
 from trainables.config import ConfigError
 
 SQL_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "oracle")
@@ -63,21 +64,7 @@ def resolve_artifacts_destination(dest: str | None, cwd: Path) -> str:
     Raises:
         ConfigError: a local path that is a file or cannot be created.
     """
-    dest = dest or "mlartifacts"
-    scheme = urllib.parse.urlparse(dest).scheme
-    if len(scheme) > 1 and scheme != "file":
-        return dest
-    local = Path(dest[len("file://"):] if scheme == "file" else dest).expanduser()
-    local = local if local.is_absolute() else cwd / local
-    if local.exists() and not local.is_dir():
-        raise ConfigError(f"--artifacts-destination {dest!r} is a file; pass a folder or a URI such as s3://bucket/dir")
-    parent = local
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise ConfigError(f"--artifacts-destination {dest!r} cannot be created: {str(parent)!r} is not a "
-                          f"writable folder")
-    return str(local.resolve())
+    return folder_or_uri(dest or "mlartifacts", "--artifacts-destination", cwd)
 
 
 def check_port_free(host: str, port: int) -> None:
