@@ -299,8 +299,8 @@ def train(model: nn.Module, train_data: Encoded, dev_data: Encoded, config: Mapp
         stopped = bool(patience and stale >= patience)
         if on_state is not None:
             on_state(TrainState(
-                epoch=epoch, model=_cpu_copy(model.state_dict()), optimizer=_cpu_copy(opt.state_dict()),
-                best=None if result.best_epoch == epoch else _cpu_copy(best_state), best_epoch=result.best_epoch,
+                epoch=epoch, model=cpu_copy(model.state_dict()), optimizer=cpu_copy(opt.state_dict()),
+                best=None if result.best_epoch == epoch else cpu_copy(best_state), best_epoch=result.best_epoch,
                 best_accuracy=result.best_accuracy, stale=stale, stopped=stopped, shuffle_rng=gen.get_state(),
                 torch_rng=torch.get_rng_state(), history=[dict(r) for r in result.history],
                 train_time_s=earlier_s + time.perf_counter() - start,
@@ -313,12 +313,12 @@ def train(model: nn.Module, train_data: Encoded, dev_data: Encoded, config: Mapp
     return result
 
 
-def _cpu_copy(state: Any) -> Any:
-    """A detached CPU copy of a (nested) state dict."""
+def cpu_copy(state: Any) -> Any:
+    """A detached CPU copy of a (nested) state dict: tensors copied, containers rebuilt, other values kept."""
     if isinstance(state, torch.Tensor):
         return state.detach().to("cpu", copy=True)
     if isinstance(state, dict):
-        return {k: _cpu_copy(v) for k, v in state.items()}
+        return {k: cpu_copy(v) for k, v in state.items()}
     if isinstance(state, (list, tuple)):
-        return type(state)(_cpu_copy(v) for v in state)
+        return type(state)(cpu_copy(v) for v in state)
     return state

@@ -33,7 +33,7 @@ import yaml
 from trainables import artifact, augment, energy, packed, transformer_student
 from trainables.config import ARCHITECTURE_KEYS, ConfigError, parse_stages, resolve_config
 from trainables.data import Split
-from trainables.distill import TrainState, encode_split, predict, train
+from trainables.distill import TrainState, cpu_copy, encode_split, predict, train
 from trainables.embeddings import build_encoder
 from trainables.metrics import inference_speed, task_metrics
 from trainables.prune import prune_student
@@ -246,16 +246,14 @@ def _run(cfg: dict[str, Any], data: TrialData, workdir: Path, tracker: Tracker, 
     meter = energy.make_meter(gpu_indices=None if settings.device == "cuda" else [],
                               cpu_watts_per_core=settings.cpu_watts_per_core)
     readings: list[energy.EnergyReading] = []
-    epochs_done: list[int] = []  # epochs reported (the final metrics go one step later)
     ckpt_dir = workdir / "checkpoint"
-    logged_rows: list[dict[str, float]] = []  # the per-epoch metrics, kept in the checkpoint for a resumed run
+    # the per-epoch metrics logged (kept in the checkpoint for a resumed run; the final metrics go one step later)
+    logged_rows: list[dict[str, float]] = []
     pending: list[TrainState] = []  # the state train() hands over before each on_epoch
     rewind: dict[str, Any] = {"epoch": None, "state": None}
 
     def keep_rewind_point(epoch: int, state: dict[str, torch.Tensor] | None = None) -> None:
-        if state is None:
-            state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-        rewind.update(epoch=epoch, state=state)
+        rewind.update(epoch=epoch, state=cpu_copy(model.state_dict()) if state is None else state)
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         torch.save(rewind, ckpt_dir / REWIND_FILE)
 
@@ -268,12 +266,10 @@ def _run(cfg: dict[str, Any], data: TrialData, workdir: Path, tracker: Tracker, 
         tracker.set_tags({"resumed_from_epoch": str(ckpt.state.epoch)})
         for row in ckpt.rows:  # the earlier attempt's curve, so that this run's is whole
             tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
-            epochs_done.append(int(row["epoch"]))
             logged_rows.append(row)
 
     def on_epoch(row: dict[str, float]) -> None:
         readings.append(meter.stop())
-        epochs_done.append(int(row["epoch"]))
         metrics = dict(row)
         so_far = energy.sum_readings(readings)
         if so_far.joules is not None:
@@ -344,7 +340,7 @@ def _run(cfg: dict[str, Any], data: TrialData, workdir: Path, tracker: Tracker, 
         final["best_epoch"] = best_epoch
     # MLflow shows a metric's value at its highest step: log the saved student's final values one
     # step after the last epoch so that `accuracy`, `size_bytes`... read as the trial's result
-    tracker.log_metrics(final, step=len(epochs_done) + 1)
+    tracker.log_metrics(final, step=len(logged_rows) + 1)
     tracker.set_tags(energy_tags)
     tracker.log_artifact(model_dir, "model")
     final["energy_method"] = energy_tags["energy_method"]
