@@ -18,7 +18,8 @@ import sys
 from dataclasses import fields
 
 from analysis import cli as analysis_cli
-from trainables.config import ConfigError
+from search import replay as replay_cli
+from trainables.errors import ConfigError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -168,8 +169,8 @@ def _add_teacher(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_teacher(args: argparse.Namespace) -> int:
-    from trainables.data import check_task, load_split
-    from trainables.teacher import default_teacher_dir, finetune_teacher
+    from trainables.data.glue import check_task, load_split
+    from trainables.data.teacher import default_teacher_dir, finetune_teacher
 
     task = check_task(args.task)
     train, dev = load_split(task, "train", args.data_dir), load_split(task, "dev", args.data_dir)
@@ -189,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_teacher(sub)
     _add_server(sub)
     _add_resume(sub)
-    analysis_cli.add_commands(sub)  # analyze, export, replay
+    analysis_cli.add_commands(sub)  # analyze, export
+    replay_cli.add_command(sub)
     return parser
 
 

@@ -13,8 +13,9 @@ Public API (everything else is private):
   :func:`find_parent_run`.
 - :mod:`analysis.report`: :func:`analyze` (ranks -> ``pareto_rank`` tags, plots, HTML report).
 - :mod:`analysis.export`: :func:`export_configs` (selectors ``pareto``, ``knee``,
-  ``best:METRIC``, ``METRIC@OTHER<=VALUE``), :func:`parse_selector`, :func:`replay`.
-- :mod:`analysis.cli`: :func:`add_commands` (``run_search.py analyze|export|replay``).
+  ``best:METRIC``, ``METRIC@OTHER<=VALUE``), :func:`parse_selector` (``search.replay`` re-runs an export).
+- :mod:`analysis.store`: the read side of the MLflow store (experiments, a search's runs).
+- :mod:`analysis.cli`: :func:`add_commands` (``run_search.py analyze|export``).
 
 MLflow, torch and the trainables are imported only when a function needs them.
 
@@ -29,7 +30,7 @@ Example:
 
 from analysis.expected_max import CURVE_COLUMNS, budget_axis, expected_max_unbiased
 from analysis.expected_max import expected_max as expected_max_curve
-from analysis.export import Selector, export_configs, parse_selector, replay
+from analysis.export import Selector, export_configs, parse_selector
 from analysis.pareto import (
     DIRECTIONS,
     default_reference,
@@ -73,5 +74,4 @@ __all__ = [
     "plot_hypervolume_history",
     "plot_pairwise",
     "plot_skyline",
-    "replay",
 ]

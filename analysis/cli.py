@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from trainables.config import ConfigError
+from trainables.errors import ConfigError
 
 __all__ = ["add_commands"]
 
@@ -22,7 +22,7 @@ _URI_HELP = "MLflow tracking URI of the search; unset: sqlite:///mlflow.db in th
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``analyze``, ``export`` and ``replay`` on ``run_search.py``'s subparsers."""
+    """Register ``analyze`` and ``export`` on ``run_search.py``'s subparsers."""
     p = subparsers.add_parser("analyze", help="rank a search's trials, plot it and write an HTML report")
     p.add_argument("--experiment", required=True, help="MLflow experiment name or id")
     p.add_argument("--tracking-uri", default=None, help=_URI_HELP)
@@ -46,20 +46,6 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--objectives", default=None, help="objectives of pareto/knee (default: the search's)")
     p.add_argument("--search-id", default=None, help="search id or parent run id (default: the latest search)")
     p.set_defaults(func=_cmd_export)
-
-    p = subparsers.add_parser("replay", help="re-run an exported config as a new MLflow run and compare")
-    p.add_argument("config", metavar="CONFIG.yaml", help="a file written by `run_search.py export`")
-    p.add_argument("--tracking-uri", default=None, help="MLflow store (default: the one named in the file)")
-    p.add_argument("--experiment", default=None, help="experiment of the new run (default: the source run's)")
-    p.add_argument("--data-dir", default=None, help="GLUE folder (default: the one the source search used)")
-    p.add_argument("--teacher", default=None, help="teacher folder or hub name (default: the source search's)")
-    p.add_argument("--cache-dir", default=None, help="teacher-logit cache (default: the source search's)")
-    p.add_argument("--workdir", default=None, help="keep the trial folder here (default: a temporary one)")
-    p.add_argument("--device", default=None, choices=("cpu", "cuda"),
-                   help="training device (default: cuda when the source search used GPUs and one is here)")
-    p.add_argument("--max-diff-pp", type=float, default=None,
-                   help="exit 1 when |accuracy difference| exceeds this many percentage points")
-    p.set_defaults(func=_cmd_replay)
 
 
 def _reference(text: str | None) -> list[float] | None:
@@ -96,17 +82,4 @@ def _cmd_export(args: argparse.Namespace) -> int:
     for path in paths:
         print(path)
     print(f"{len(paths)} config(s) exported; replay one with `python run_search.py replay {paths[0]}`")
-    return 0
-
-
-def _cmd_replay(args: argparse.Namespace) -> int:
-    from analysis.export import replay
-
-    result = replay(args.config, tracking_uri=args.tracking_uri, experiment=args.experiment,
-                    data_dir=args.data_dir, teacher=args.teacher, workdir=args.workdir, cache_dir=args.cache_dir,
-                    device=args.device)
-    diff = result["accuracy_diff_pp"]
-    if args.max_diff_pp is not None and (diff is None or abs(diff) > args.max_diff_pp):
-        print(f"replay differs from the source by {diff} pp (allowed {args.max_diff_pp})")
-        return 1
     return 0

@@ -24,13 +24,13 @@ Example:
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 from scipy.special import gammaln
 
-from trainables.config import ConfigError
+from trainables.errors import ConfigError
 
 __all__ = ["CURVE_COLUMNS", "expected_max", "expected_max_unbiased", "budget_axis"]
 

@@ -1,4 +1,4 @@
-"""Export selected trials of a search as YAML configs, and replay such a config as a new run.
+"""Export selected trials of a search as YAML configs (replayed by :mod:`search.replay`).
 
 Selectors (:func:`parse_selector`) pick finished trials of one search:
 
@@ -23,12 +23,7 @@ full resolved trial config, typed, from the run's params via
 quantize stage) and, for provenance, ``selector``, ``search_id``,
 ``parent_run_id`` and ``trial_id``.
 
-:func:`replay` re-runs such a config with :func:`trainables.pipeline.run_trial` as a new,
-top-level MLflow run in the source's experiment (tags ``featherweight.role=replay``,
-``source_run_id``, ``source_search_id``; deliberately *not* a child of the search, so a
-replay never counts as one of its trials), with the data folder, teacher and logit cache the
-source search recorded in its parent run's params. A CPU trial is deterministic, so the
-replay's metrics should equal the source's (timings and energy excepted).
+:func:`search.replay.replay` re-runs such a file as a new MLflow run.
 
 Example:
     >>> parse_selector("accuracy@size_bytes<=200000")
@@ -43,22 +38,21 @@ import logging
 import operator
 import os
 import re
-import shutil
-import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import yaml
 
 from analysis.pareto import pareto_ranks
-from analysis.runs import _final_metrics, _load, _metric_columns, _objectives, _open_store, _require_metrics
-from search.mlflow_store import ROLE_TAG
-from trainables.config import PARAMS, ConfigError, parse_param, resolve_config
+from analysis.runs import _load, _metric_columns, _objectives, _open_store, _require_metrics
+from trainables.config import PARAMS, parse_param, resolve_config
+from trainables.errors import ConfigError
 
-__all__ = ["Selector", "parse_selector", "export_configs", "replay"]
+__all__ = ["PERCENT_METRICS", "Selector", "export_configs", "minimal_config", "parse_selector"]
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +60,7 @@ _OPS = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt
 _OP_WORDS = {"<=": "le", "<": "lt", ">=": "ge", ">": "gt"}
 _CONSTRAINED = re.compile(r"^\s*(?P<metric>[A-Za-z_]\w*)\s*@\s*(?P<other>[A-Za-z_]\w*)\s*(?P<op><=|>=|<|>)"
                           r"\s*(?P<value>\S+)\s*$")
-_PERCENT_METRICS = ("accuracy", "f1", "accuracy_mismatched", "accuracy_mean")
+PERCENT_METRICS = ("accuracy", "f1", "accuracy_mismatched", "accuracy_mean")
 
 
 @dataclass(frozen=True)
@@ -188,7 +182,7 @@ def _select(df: pd.DataFrame, sel: Selector, objectives: Mapping[str, str] | Non
     return chosen
 
 
-def _minimal_config(config: Mapping[str, Any], where: str) -> dict[str, Any]:
+def minimal_config(config: Mapping[str, Any], where: str) -> dict[str, Any]:
     """``config`` without the student-dependent keys whose value :func:`resolve_config` would
     derive anyway (keys declared with default ``None``, e.g. ``classifier_dim``).
 
@@ -205,8 +199,8 @@ def _minimal_config(config: Mapping[str, Any], where: str) -> dict[str, Any]:
 
 
 def _resolve(config: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """:func:`resolve_config` of a (possibly already resolved) config: see :func:`_minimal_config`."""
-    return resolve_config(_minimal_config(config, where), where)
+    """:func:`resolve_config` of a (possibly already resolved) config: see :func:`minimal_config`."""
+    return resolve_config(minimal_config(config, where), where)
 
 
 def _config_from_params(params: Mapping[str, str], where: str) -> dict[str, Any]:
@@ -225,10 +219,10 @@ def _model_uri(client: Any, run_id: str, config: Mapping[str, Any]) -> str:
     files = [a.path for a in client.list_artifacts(run_id, "model") if a.path.endswith(".safetensors")]
     if files:
         return f"runs:/{run_id}/{sorted(files)[0]}"
-    from trainables import artifact, packed
+    from trainables import formats
 
     last = config["stages"].split(",")[-1]
-    return f"runs:/{run_id}/model/{artifact.ARTIFACT_NAME if last == 'distill' else packed.ARTIFACT_NAME}"
+    return f"runs:/{run_id}/model/{formats.ARTIFACT_NAME if last == 'distill' else formats.PACKED_NAME}"
 
 
 def export_configs(
@@ -290,162 +284,3 @@ def export_configs(
         path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
         paths.append(path)
     return paths
-
-
-def _read_export(path: Path) -> dict[str, Any]:
-    """The mapping in an exported YAML, checked for ``config`` and ``source_run_id``.
-
-    Raises:
-        ConfigError: missing file, bad YAML, or a missing key.
-    """
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"{path}: not valid YAML ({first})") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("config"), dict) or not doc.get("source_run_id"):
-        raise ConfigError(f"{path}: not an exported trial (needs a 'config' mapping and 'source_run_id'); "
-                          f"make one with `run_search.py export`")
-    return doc
-
-
-def _param_or(params: Mapping[str, str], key: str, given: str | None) -> str | None:
-    """``given`` if set, else the parent param ``key`` (``hub``/empty -> ``None``)."""
-    if given is not None:
-        return given
-    value = params.get(key, "")
-    return None if value in ("", "hub") else value
-
-
-def _compare(new: Mapping[str, Any], old: Mapping[str, float]) -> dict[str, float]:
-    """``new - old`` for every numeric metric both have (percent metrics: percentage points)."""
-    return {k: float(new[k]) - float(old[k]) for k in sorted(new)
-            if k in old and isinstance(new[k], (int, float)) and not isinstance(new[k], bool)}
-
-
-def _print_comparison(source: str, run_id: str, new: Mapping[str, Any], old: Mapping[str, float],
-                      diff: Mapping[str, float]) -> None:
-    """Print a table of original, replayed and difference per metric."""
-    print(f"replay {run_id} of {source}:")
-    print(f"  {'metric':<28}{'original':>16}{'replay':>16}{'difference':>16}")
-    for k, d in diff.items():
-        unit = " pp" if k in _PERCENT_METRICS else ""
-        print(f"  {k:<28}{old[k]:>16.6g}{float(new[k]):>16.6g}{d:>+16.6g}{unit}")
-
-
-def replay(
-    config_yaml: str | os.PathLike,
-    tracking_uri: str | None = None,
-    experiment: str | None = None,
-    data_dir: str | None = None,
-    teacher: str | None = None,
-    workdir: str | os.PathLike | None = None,
-    cache_dir: str | None = None,
-    threads: int | None = None,
-    device: str | None = None,
-) -> dict[str, Any]:
-    """Re-run an exported trial config as a new MLflow run and compare it with the original.
-
-    Args:
-        config_yaml: a file written by :func:`export_configs`.
-        tracking_uri: the store; ``None``: the YAML's ``tracking_uri``.
-        experiment: experiment name or id of the new run; ``None``: the source run's.
-        data_dir: GLUE folder; ``None``: the source search's ``data_dir`` param (``hub``:
-            the Hugging Face hub).
-        teacher: teacher folder or hub name; ``None``: the source search's ``teacher`` param.
-        workdir: the trial folder (kept); ``None``: a temporary folder, removed afterwards
-            (the student is logged to the run either way).
-        cache_dir: teacher-logit cache; ``None``: the source search's ``cache_dir`` param,
-            else the user cache.
-        threads: torch threads; ``None``: the source search's ``cpus_per_trial`` (as its
-            trials used), else 1. Determinism holds for the same thread count.
-        device: ``cpu`` or ``cuda`` for training; ``None``: ``cuda`` when the source search
-            gave trials GPUs (``gpus_per_trial`` > 0) and CUDA is available, else ``cpu``.
-            Only CPU trials are bit-for-bit repeatable.
-
-    Returns:
-        ``{"run_id", "source_run_id", "experiment_id", "metrics" (the replay's final metrics),
-        "original" (the source's final metrics), "diff" (replay - original per shared numeric
-        metric; percent metrics in percentage points), "accuracy_diff_pp" (or ``None``),
-        "data_matches" (the train/dev data hashes equal the source's), "device"}``. The
-        comparison is also printed.
-
-    Raises:
-        ConfigError: bad YAML or config, store/source run/experiment not found, no data folder
-            or teacher known, or data/teacher that cannot be loaded.
-    """
-    from mlflow.exceptions import MlflowException
-
-    from search.mlflow_store import find_experiment
-    from search.tuner import build_trial_data
-    from spaces import Space
-    from trainables.augment import prepare_for_space
-    from trainables.pipeline import RunSettings, run_trial
-    from trainables.tracking import MlflowTracker
-
-    path = Path(config_yaml)
-    doc = _read_export(path)
-    config = _minimal_config(doc["config"], str(path))  # run_trial resolves it to the exported config
-    task = resolve_config(config, str(path))["task"]
-    source_id = str(doc["source_run_id"])
-    uri_arg = tracking_uri or doc.get("tracking_uri")
-    if not uri_arg:
-        raise ConfigError(f"{path}: no tracking_uri in the file; pass --tracking-uri")
-    client, uri = _open_store(uri_arg)
-    try:
-        source = client.get_run(source_id)
-    except MlflowException:
-        raise ConfigError(f"source run {source_id} of {path} is not in {uri}; pass --tracking-uri of its store") from None
-    parent_id = source.data.tags.get("mlflow.parentRunId")
-    parent_params: Mapping[str, str] = client.get_run(parent_id).data.params if parent_id else {}
-    data_dir = _param_or(parent_params, "data_dir", data_dir)
-    teacher = _param_or(parent_params, "teacher", teacher)
-    cache_dir = _param_or(parent_params, "cache_dir", cache_dir)
-    if not teacher:
-        raise ConfigError(f"source run {source_id} records no teacher (its search's 'teacher' param); pass --teacher")
-    if threads is None:
-        try:
-            threads = max(1, int(float(parent_params.get("cpus_per_trial", "1"))))
-        except ValueError:
-            threads = 1
-    if device is None:
-        import torch
-
-        try:
-            gpus = float(parent_params.get("gpus_per_trial", "0"))
-        except ValueError:
-            gpus = 0.0
-        device = "cuda" if gpus > 0 and torch.cuda.is_available() else "cpu"
-    if device not in ("cpu", "cuda"):
-        raise ConfigError(f"device must be cpu or cuda, got {device!r}")
-    exp_id = find_experiment(client, experiment, uri).experiment_id if experiment else source.info.experiment_id
-
-    data = build_trial_data(task, data_dir, teacher, cache_dir)
-    # the augmented transfer set the trial trained on (cached by the search: same key, same rows)
-    data = prepare_for_space(data, Space(fixed=dict(config)), teacher, cache_dir)
-    src_tags = source.data.tags
-    data_matches = (src_tags.get("data_hash") in (None, data.train.data_hash)
-                    and src_tags.get("dev_data_hash") in (None, data.dev.data_hash))
-    if not data_matches:
-        log.warning("replay data differs from the source trial's (data_hash/dev_data_hash); metrics will differ")
-    settings = RunSettings(threads=threads, device=device, tags={
-        ROLE_TAG: "replay", "source_run_id": source_id,
-        "source_search_id": src_tags.get("search_id", ""), "source_trial_id": src_tags.get("trial_id", ""),
-        "source_experiment_id": source.info.experiment_id})
-    tracker = MlflowTracker(uri, exp_id, parent_run_id=None)
-    tmp = None if workdir is not None else tempfile.mkdtemp(prefix="featherweight-replay-")
-    try:
-        final = run_trial(config, data, workdir or tmp, tracker, settings, run_name=f"replay-{source_id[:8]}")
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-    original = _final_metrics(source)
-    diff = _compare(final, original)
-    _print_comparison(source_id, tracker.run_id or "", final, original, diff)
-    metric = next((m for m in _PERCENT_METRICS if m in diff), None)
-    return {"run_id": tracker.run_id, "source_run_id": source_id, "experiment_id": exp_id,
-            "metrics": {k: v for k, v in final.items()}, "original": original, "diff": diff,
-            "accuracy_diff_pp": diff.get("accuracy", diff.get(metric) if metric else None),
-            "data_matches": data_matches, "device": device}

@@ -26,13 +26,13 @@ Example:
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import moocore
 import numpy as np
 import pandas as pd
 
-from trainables.config import ConfigError
+from trainables.errors import ConfigError
 
 __all__ = [
     "DIRECTIONS",

@@ -22,8 +22,8 @@ from __future__ import annotations
 import itertools
 import os
 import textwrap
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Collection, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -32,7 +32,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullFormatter
 
 from analysis.pareto import _objective_columns, pareto_ranks
-from trainables.config import ConfigError
+from trainables.errors import ConfigError
 
 __all__ = ["NOT_RANDOM_NOTE", "plot_skyline", "plot_pairwise", "plot_hypervolume_history", "plot_expected_max"]
 

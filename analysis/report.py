@@ -37,8 +37,9 @@ import html
 import math
 import os
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -47,7 +48,7 @@ from analysis.expected_max import budget_axis, expected_max, expected_max_unbias
 from analysis.pareto import default_reference, hypervolume_history, pareto_ranks
 from analysis.plots import NOT_RANDOM_NOTE, plot_expected_max, plot_hypervolume_history, plot_pairwise, plot_skyline
 from analysis.runs import PARAM_PREFIX, TAG_PREFIX, _column, _load, _objectives, _open_store, _require_metrics
-from trainables.config import ConfigError
+from trainables.errors import ConfigError
 
 __all__ = ["REPORT_NAME", "ARTIFACT_DIR", "DODGE", "TANG", "analyze"]
 

@@ -33,13 +33,15 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Collection, Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 
-from search.mlflow_store import ROLE_TAG, check_tracking_uri, child_runs, find_search, resolve_tracking_uri
-from trainables.config import ConfigError, parse_param
+from analysis.store import ROLE_TAG, check_tracking_uri, child_runs, find_search, resolve_tracking_uri
+from trainables.config import parse_param
+from trainables.errors import ConfigError
 
 __all__ = ["PARAM_PREFIX", "TAG_PREFIX", "RUN_STATUSES", "load_trials", "find_parent_run"]
 

@@ -1,1 +1,1 @@
-"""Benchmark scripts (run as ``python bench/<name>.py``); shared helpers in :mod:`bench._common`."""
+"""Benchmark scripts (run as ``python -m bench.<name>``); shared helpers in :mod:`bench._common`."""

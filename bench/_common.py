@@ -1,6 +1,6 @@
 """Shared helpers of the benchmarks in ``bench/``: arguments, SST-2 data, load average, MLflow logging.
 
-Every benchmark is a script (``python bench/<name>.py [--quick]``) that prints its table and a
+Every benchmark is a script (``python -m bench.<name> [--quick]``) that prints its table and a
 final ``SUMMARY: ...`` line, and logs one MLflow run to the experiment ``bench-<name>`` (tag
 ``featherweight.role=bench``): its options as params, its headline figures as metrics, the
 machine's load average before and after, and the printed table(s) as CSV artifacts.
@@ -14,16 +14,15 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # scripts run as `python bench/<name>.py` from anywhere
-    sys.path.insert(0, str(ROOT))
+from trainables.errors import ConfigError
 
-from trainables.config import ConfigError  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 SHARED = Path(os.environ.get("FEATHERWEIGHT_SHARED", ROOT.parent / "shared"))
 DEFAULT_DATA = SHARED / "data" / "glue"
@@ -54,10 +53,10 @@ def check_tracking(tracking_uri: str | None) -> tuple[str, str | None]:
 
 
 def load_sst2(data_dir: str, teacher: str, cache_dir: str | None = None) -> Any:
-    """SST-2 train and dev with the teacher's logits, as a :class:`trainables.pipeline.TrialData`
+    """SST-2 train and dev with the teacher's logits, as a :class:`trainables.trial.TrialData`
     (the service's own loader, :func:`search.tuner.build_trial_data`)."""
     from search.tuner import build_trial_data
-    from trainables.teacher import check_teacher
+    from trainables.data.teacher import check_teacher
 
     check_teacher(teacher)
     return build_trial_data("sst2", data_dir, teacher, cache_dir)

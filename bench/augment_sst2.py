@@ -2,17 +2,17 @@
 
 Acceptance (issue 7): on SST-2 with the shared MiniLM teacher, a BiLSTM student distilled on a
 training subset plus N synthetic examples per sentence (Tang et al. 2019, section 3.3; rules in
-:mod:`trainables.augment`) has a higher mean dev accuracy over 3 seeds than the same config
+:mod:`trainables.data.augment`) has a higher mean dev accuracy over 3 seeds than the same config
 distilled on the subset alone.
 
-Both arms run :func:`trainables.pipeline.run_trial` with one config (BiLSTM, GloVe 100-d, max
+Both arms run :func:`trainables.trial.run_trial` with one config (BiLSTM, GloVe 100-d, max
 pooling, MSE on logits, Adam 1e-3) on the same seeded subset of SST-2 train (the seed changes the
 student's initialisation and batch order); only ``augment_n`` differs. The augmented set is made
 once (as a search's driver does), labelled by the teacher under bf16 autocast and cached; its cost
 (seconds; joules when a meter works) is reported. Dev accuracy is on the full SST-2 dev set (872).
 
 Usage:
-    python bench/augment_sst2.py [--quick] [--train-rows 1500] [--augment-n 6] [--augment-p 0.1]
+    python -m bench.augment_sst2 [--quick] [--train-rows 1500] [--augment-n 6] [--augment-p 0.1]
                                  [--epochs 4] [--seeds 0 1 2] [--threads 2]
 
 Teacher: shared/teachers/minilm-l6-sst2 (logits shipped), data: shared/data/glue.
@@ -20,7 +20,6 @@ Teacher: shared/teachers/minilm-l6-sst2 (logits shipped), data: shared/data/glue
 
 from __future__ import annotations
 
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,13 +27,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench._common import describe_load, load_sst2, log_run, main_guard, parser, print_table  # noqa: E402
-from trainables.augment import prepare_augmented  # noqa: E402
-from trainables.data import Split  # noqa: E402
-from trainables.pipeline import RunSettings, run_trial  # noqa: E402
-from trainables.tracking import MemoryTracker  # noqa: E402
+from bench._common import (
+    describe_load,
+    load_sst2,
+    log_run,
+    main_guard,
+    parser,
+    print_table,
+)
+from trainables.data.augment import prepare_augmented
+from trainables.data.glue import Split
+from trainables.tracking import MemoryTracker
+from trainables.trial import RunSettings, run_trial
 
 CONFIG = {"task": "sst2", "student": "bilstm", "embedding": "glove", "embedding_dim": 100, "vocab_size": 10000,
           "pooling": "max", "alpha": 0.0, "distill_loss": "mse", "lr": 1e-3, "batch_size": 64, "dropout": 0.1,

@@ -4,14 +4,14 @@ Acceptance (issue 3): a BiLSTM student pruned to 50% and quantized to 8 bits has
 at most 30% of its float32 artifact and dev accuracy within 1 pp of the uncompressed student;
 the same at 4 bits within 2 pp.
 
-Each run is one :func:`trainables.pipeline.run_trial` with stages ``distill,prune,quantize``
+Each run is one :func:`trainables.trial.run_trial` with stages ``distill,prune,quantize``
 (50% Top-V, local, every part; then 8 or 4 bits on every part), so the uncompressed (``distill_``),
 pruned (``prune_``) and quantized (``quantize_``, final) students are each evaluated from their
 saved files. The distillation is seeded and repeats exactly in both runs (checked). The 8-bit
 file is also run through torch's int8 dynamic kernels for a latency comparison.
 
 Usage:
-    python bench/compress_sst2.py [--train-rows 20000] [--epochs 2] [--threads 2] [--json out.json]
+    python -m bench.compress_sst2 [--train-rows 20000] [--epochs 2] [--threads 2] [--json out.json]
 
 Prints one table per bit width (accuracy, file and gzip bytes, non-zero weights, and latency as
 measured inside each trial), then a CPU speed table of the saved students measured in
@@ -25,22 +25,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from trainables.compression.quantize import to_int8_dynamic
+from trainables.data.glue import load_split
+from trainables.data.teacher import teacher_id, teacher_logits, teacher_size_bytes
+from trainables.formats import packed
+from trainables.tracking import MemoryTracker
+from trainables.training.encoded import encode_split, predict
+from trainables.training.metrics import accuracy_percent, inference_speed
+from trainables.trial import RunSettings, TrialData, run_trial
 
-from trainables import packed  # noqa: E402
-from trainables.data import load_split  # noqa: E402
-from trainables.distill import encode_split, predict  # noqa: E402
-from trainables.metrics import accuracy_percent, inference_speed  # noqa: E402
-from trainables.pipeline import RunSettings, TrialData, run_trial  # noqa: E402
-from trainables.quantize import to_int8_dynamic  # noqa: E402
-from trainables.teacher import teacher_id, teacher_logits, teacher_size_bytes  # noqa: E402
-from trainables.tracking import MemoryTracker  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 SHARED = ROOT.parent / "shared"
 STAGES = ("distill", "prune", "quantize")
@@ -106,7 +104,7 @@ def latency_table(workdir: Path, bits: list[int], dev, threads: int, rounds: int
     """CPU speed of the saved students, measured in interleaved rounds; per model the best round
     (lowest median batch-1 latency, highest batch-256 throughput), so that load from other
     processes on a shared CPU inflates the numbers as little as possible."""
-    from trainables.artifact import load_student
+    from trainables.formats import load_student
 
     first = workdir / f"bits{bits[0]}"
     models = {"fp32 (dense file)": load_student(first / "stages" / "distill" / "student.safetensors")[0]}

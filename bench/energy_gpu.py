@@ -5,14 +5,14 @@ joules by the energy counter and by power sampling; they should agree within 10%
 
 Two measurements of a BiLSTM student distilled from the SST-2 teacher's logits:
 
-1. **Same windows, both methods.** The student is trained with :func:`trainables.distill.train`
+1. **Same windows, both methods.** The student is trained with :func:`trainables.training.distill.train`
    on the GPU while two :class:`trainables.energy.NvmlMeter` run at once: one reads the
    driver's total-energy counter (``nvml_counter``, millijoules), the other samples power on a
    thread every ``--interval`` seconds and integrates it (``nvml_power``, trapezoid rule). Both
    are stopped and restarted together at every epoch boundary, so they measure the same work
    over the same seconds and their difference is the difference of the methods alone:
    ``diff % = 100 x (sampling - counter) / counter``.
-2. **The service's own path.** The same config once through :func:`trainables.pipeline.run_trial`
+2. **The service's own path.** The same config once through :func:`trainables.trial.run_trial`
    with ``RunSettings(device=...)``, as a search trial that Ray gave a GPU runs it; its
    ``energy_j`` and ``energy_method`` are what the trial's MLflow run records.
 
@@ -20,16 +20,15 @@ Both measure the GPUs that CUDA makes visible (``CUDA_VISIBLE_DEVICES``), the wh
 draw: idle power is part of a trial's energy. The CPU and DRAM are not included.
 
 Usage:
-    python bench/energy_gpu.py --quick          # 20,000 training rows, 2 epochs
-    python bench/energy_gpu.py                  # all 67,349 rows, 3 epochs
-    python bench/energy_gpu.py --no-mlflow      # on a machine without mlflow
+    python -m bench.energy_gpu --quick          # 20,000 training rows, 2 epochs
+    python -m bench.energy_gpu                  # all 67,349 rows, 3 epochs
+    python -m bench.energy_gpu --no-mlflow      # on a machine without mlflow
 
 Needs a CUDA GPU and NVML (``nvidia-ml-py``); elsewhere it stops with one ``error:`` line.
 """
 
 from __future__ import annotations
 
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -37,9 +36,15 @@ from typing import Any
 
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._common import describe_load, load_sst2, log_run, main_guard, parser, print_table  # noqa: E402
-from trainables.config import ConfigError  # noqa: E402
+from bench._common import (
+    describe_load,
+    load_sst2,
+    log_run,
+    main_guard,
+    parser,
+    print_table,
+)
+from trainables.errors import ConfigError
 
 #: The agreement the issue asks of the two methods, percent.
 TOLERANCE_PCT = 10.0
@@ -76,7 +81,7 @@ def same_windows(data: Any, cfg: dict[str, Any], device: str, interval_s: float,
     """Train once, measuring every epoch with both NVML methods at once.
 
     Args:
-        data: SST-2 :class:`trainables.pipeline.TrialData`.
+        data: SST-2 :class:`trainables.trial.TrialData`.
         cfg: a trial config (:func:`trial_config`).
         device: ``cuda`` (or ``cpu`` with a stand-in ``nvml``, for tests).
         interval_s: seconds between power samples.
@@ -88,9 +93,9 @@ def same_windows(data: Any, cfg: dict[str, Any], device: str, interval_s: float,
         ``devices``, ``accuracy`` (dev, percent).
     """
     from trainables.config import resolve_config
-    from trainables.distill import train
     from trainables.energy import NvmlMeter
-    from trainables.pipeline import prepare, seed_everything
+    from trainables.training.distill import train
+    from trainables.trial import prepare, seed_everything
 
     cfg = resolve_config(cfg)
     seed_everything(cfg["seed"])
@@ -135,10 +140,10 @@ def diff_pct(counter_j: float | None, sampling_j: float | None) -> float:
 
 
 def service_trial(data: Any, cfg: dict[str, Any], device: str, threads: int, workdir: Path) -> dict[str, Any]:
-    """The same config through :func:`trainables.pipeline.run_trial`: the trial's final metrics
+    """The same config through :func:`trainables.trial.run_trial`: the trial's final metrics
     (``energy_j`` when measured, ``energy_method``, ``train_time_s``, ``accuracy``...)."""
-    from trainables.pipeline import RunSettings, run_trial
     from trainables.tracking import MemoryTracker
+    from trainables.trial import RunSettings, run_trial
 
     return run_trial(cfg, data, workdir, MemoryTracker(), RunSettings(device=device, threads=threads))
 
@@ -179,7 +184,7 @@ def main(argv: list[str] | None = None, nvml: Any = None) -> dict[str, Any]:
     service = pd.DataFrame([{"energy_method": final["energy_method"], "energy_j": final.get("energy_j"),
                              "train_time_s": final["train_time_s"], "accuracy": final["accuracy"],
                              "co2e_kg": final.get("co2e_kg")}])
-    print_table(service, "The same config as a search trial (trainables.pipeline.run_trial): what MLflow records")
+    print_table(service, "The same config as a search trial (trainables.trial.run_trial): what MLflow records")
     total = windows.iloc[-1]
     agree = abs(total["diff_pct"]) <= TOLERANCE_PCT if pd.notna(total["diff_pct"]) else False
     load = describe_load("after")

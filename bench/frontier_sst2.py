@@ -21,16 +21,15 @@ the SST-2 training rows only (``--quick``: a 5,000-row subset for one epoch), so
 shows where the measured front stands, not a replication.
 
 Usage:
-    python bench/frontier_sst2.py --quick                  # 10 trials, 5,000 training rows, 1 epoch
-    python bench/frontier_sst2.py                          # 24 trials, 20,000 rows, the space's epochs
-    python bench/frontier_sst2.py --num-samples 40 --train-rows 0 --sampler nsga2
+    python -m bench.frontier_sst2 --quick                  # 10 trials, 5,000 training rows, 1 epoch
+    python -m bench.frontier_sst2                          # 24 trials, 20,000 rows, the space's epochs
+    python -m bench.frontier_sst2 --num-samples 40 --train-rows 0 --sampler nsga2
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,8 +37,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._common import ROOT, check_tracking, describe_load, log_run, main_guard, parser, print_table  # noqa: E402
+from bench._common import (
+    ROOT,
+    check_tracking,
+    describe_load,
+    log_run,
+    main_guard,
+    parser,
+    print_table,
+)
 
 TABLE = ROOT / "bench" / "reference" / "featherweight_table7_5.csv"
 EXPERIMENT = "bench-frontier-sst2"

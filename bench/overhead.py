@@ -4,7 +4,7 @@ The same N trials of one fixed config (``bench/spaces/overhead.yaml``: its only 
 a one-value choice) run twice, one after the other on this machine:
 
 1. **plain loop**: load SST-2 and the teacher logits (:func:`search.tuner.build_trial_data`),
-   then call :func:`trainables.pipeline.run_trial` N times with a
+   then call :func:`trainables.trial.run_trial` N times with a
    :class:`~trainables.tracking.MemoryTracker` (one torch thread, as a 1-CPU trial).
 2. **service**: :func:`search.tuner.run_search` with one trial at a time
    (``--max-concurrent 1``, 1 CPU per trial, so both are sequential), which validates, loads the
@@ -26,16 +26,15 @@ deterministic, so the service's trial accuracies must equal the loop's (checked)
 make the ratio large: fixed and per-trial seconds are the numbers that carry over.
 
 Usage:
-    python bench/overhead.py --quick        # 10 trials of about a second each
-    python bench/overhead.py                # 30 trials
-    python bench/overhead.py --trials 10 --set max_train_examples=8000   # longer trials
+    python -m bench.overhead --quick        # 10 trials of about a second each
+    python -m bench.overhead                # 30 trials
+    python -m bench.overhead --trials 10 --set max_train_examples=8000   # longer trials
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -43,9 +42,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._common import (ROOT, check_tracking, describe_load, load_sst2, log_run, main_guard,  # noqa: E402
-                           parser, print_table)
+from bench._common import (
+    ROOT,
+    check_tracking,
+    describe_load,
+    load_sst2,
+    log_run,
+    main_guard,
+    parser,
+    print_table,
+)
 
 SPACE = ROOT / "bench" / "spaces" / "overhead.yaml"
 EXPERIMENT = "bench-overhead"
@@ -53,7 +59,7 @@ EXPERIMENT = "bench-overhead"
 
 def fixed_config(plan) -> dict:
     """The one config every trial of ``plan`` runs (its searched keys must be one-value choices)."""
-    from trainables.config import ConfigError
+    from trainables.errors import ConfigError
 
     searched = plan.space.params
     if any(d.kind != "choice" or len(d.args) != 1 for d in searched.values()):
@@ -63,8 +69,8 @@ def fixed_config(plan) -> dict:
 
 def plain_loop(args, config: dict, n: int) -> tuple[float, list[float], list[float]]:
     """Wall time of load + ``n`` plain ``run_trial`` calls; per-trial seconds and accuracies."""
-    from trainables.pipeline import RunSettings, run_trial
     from trainables.tracking import MemoryTracker
+    from trainables.trial import RunSettings, run_trial
 
     t0 = time.perf_counter()
     data = load_sst2(args.data_dir, args.teacher, args.cache_dir)

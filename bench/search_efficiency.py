@@ -2,7 +2,7 @@
 
 Every sampler gets the same search space (``bench/spaces/efficiency.yaml``: fast FFN students,
 2,000 SST-2 training rows, one epoch), the same trial budget and the same seeds. Each trial is a
-real :func:`trainables.pipeline.run_trial` on SST-2 with the teacher's logits; accuracy is dev
+real :func:`trainables.trial.run_trial` on SST-2 with the teacher's logits; accuracy is dev
 accuracy of the saved student, size its ``size_bytes``.
 
 Hypervolume: objectives accuracy (max, percent) and **log10(size_bytes)** (min), so that halving a
@@ -29,9 +29,9 @@ first (Optuna's ``RandomSampler`` with that seed), so seeds pair the samplers (c
 numbers): their curves coincide until each starts modelling.
 
 Usage:
-    python bench/search_efficiency.py --quick          # 4 samplers x 3 seeds x 24 trials (about 5 minutes)
-    python bench/search_efficiency.py                  # 4 samplers x 5 seeds x 50 trials
-    python bench/search_efficiency.py --samplers random,tpe --seeds 0 1 --trials 30
+    python -m bench.search_efficiency --quick          # 4 samplers x 3 seeds x 24 trials (about 5 minutes)
+    python -m bench.search_efficiency                  # 4 samplers x 5 seeds x 50 trials
+    python -m bench.search_efficiency --samplers random,tpe --seeds 0 1 --trials 30
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ import json
 import math
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -48,9 +47,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._common import (ROOT, check_tracking, describe_load, load_sst2, log_run, main_guard,  # noqa: E402
-                           parser, print_table)
+from bench._common import (
+    ROOT,
+    check_tracking,
+    describe_load,
+    load_sst2,
+    log_run,
+    main_guard,
+    parser,
+    print_table,
+)
 
 SPACE = ROOT / "bench" / "spaces" / "efficiency.yaml"
 SAMPLERS = ("random", "tpe", "nsga2", "gp")
@@ -115,8 +121,8 @@ def main(argv=None):
 
     from analysis.pareto import default_reference, hypervolume_history
     from spaces import load_space
-    from trainables.config import ConfigError
-    from trainables.pipeline import RunSettings, run_trial
+    from trainables.errors import ConfigError
+    from trainables.trial import RunSettings, run_trial
 
     bad = [s for s in samplers if s not in SAMPLERS]
     if bad or "random" not in samplers:
@@ -207,7 +213,7 @@ def main(argv=None):
     print(f"\nreference point (accuracy %, log10 bytes): ({reference[0]:.2f}, {reference[1]:.3f}); "
           f"hypervolume unit: percent x decades of bytes")
     print(f"target: random search's final hypervolume after {budget} trials, median over {len(seeds)} seeds = {target:.2f}")
-    print_table(table, f"hypervolume after n trials (median over seeds) and trials to reach the target")
+    print_table(table, "hypervolume after n trials (median over seeds) and trials to reach the target")
     for name, why in not_run.items():
         print(f"{name}: not run ({why})")
     print(f"{len(trials)} trials asked, {len(memo)} distinct configs trained "

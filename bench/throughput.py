@@ -1,7 +1,7 @@
 """Benchmark: training speed and CPU inference speed of every student x embedding, fp32 and int8.
 
 For each student (bilstm, rnn, ffn) and embedding (hash, char, bpe, glove) one
-:func:`trainables.pipeline.run_trial` on SST-2 runs the stages ``distill,quantize``
+:func:`trainables.trial.run_trial` on SST-2 runs the stages ``distill,quantize``
 (thesis-sized defaults: embedding 100-d, vocabulary 5,000, hidden and classifier sizes of
 :mod:`trainables.config`):
 
@@ -14,23 +14,22 @@ For each student (bilstm, rnn, ffn) and embedding (hash, char, bpe, glove) one
 Columns: ``train ex/s`` = training examples x epochs / the distillation epochs' wall time (each
 epoch's time includes its dev evaluation, 872 rows, forward only); ``latency ms`` = median of
 50 single-sentence forward passes (batch 1) on SST-2 dev rows; ``infer ex/s`` = examples per
-second at batch 256 on SST-2 dev (:func:`trainables.metrics.inference_speed`). All with
+second at batch 256 on SST-2 dev (:func:`trainables.training.metrics.inference_speed`). All with
 ``--threads`` torch threads (default 1, as one 1-CPU trial of the service); sizes are the saved
 files' ``size_bytes``. Accuracy is dev accuracy after this training, printed as a check that the
 saved files run, not as a result (with ``--quick``'s 2,000 rows and the default learning rate
 most students are still at chance, 50.9%).
 
 Usage:
-    python bench/throughput.py --quick     # 2,000 training rows, 1 epoch per student
-    python bench/throughput.py             # all 67,349 training rows, 1 epoch
-    python bench/throughput.py --students ffn --embeddings hash,bpe --threads 2
+    python -m bench.throughput --quick     # 2,000 training rows, 1 epoch per student
+    python -m bench.throughput             # all 67,349 training rows, 1 epoch
+    python -m bench.throughput --students ffn --embeddings hash,bpe --threads 2
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,8 +37,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._common import check_tracking, describe_load, load_sst2, log_run, main_guard, parser, print_table  # noqa: E402
+from bench._common import (
+    check_tracking,
+    describe_load,
+    load_sst2,
+    log_run,
+    main_guard,
+    parser,
+    print_table,
+)
 
 STUDENTS = ("bilstm", "rnn", "ffn")
 EMBEDDINGS = ("hash", "char", "bpe", "glove")
@@ -48,8 +54,8 @@ VARIANTS = {"fp32": "distill", "int8": "quantize"}  # variant -> stage whose sav
 
 def measure(student: str, embedding: str, data, args, workdir: Path) -> list[dict]:
     """One trial of ``student`` x ``embedding``; a row per variant."""
-    from trainables.pipeline import RunSettings, run_trial
     from trainables.tracking import MemoryTracker
+    from trainables.trial import RunSettings, run_trial
 
     cfg = {"task": "sst2", "seed": 0, "student": student, "embedding": embedding, "max_train_examples": args.train_rows,
            "epochs": args.epochs, "patience": 0, "stages": "distill,quantize", "quant_method": "int8_dynamic",
@@ -72,7 +78,7 @@ def measure(student: str, embedding: str, data, args, workdir: Path) -> list[dic
 
 
 def main(argv=None):
-    from trainables.config import ConfigError
+    from trainables.errors import ConfigError
 
     ap = parser(__doc__)
     ap.add_argument("--students", default=",".join(STUDENTS), help="comma-separated (default %(default)s)")

@@ -21,7 +21,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from trainables.config import ConfigError
+from trainables.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # never shipped to workers: VCS, stores, outputs, caches (the project's .gitignore is honoured too)

@@ -21,7 +21,7 @@ from typing import Any
 
 import pandas as pd
 
-from trainables.config import ConfigError
+from trainables.errors import ConfigError
 
 
 def find_resumable(experiment: str, tracking_uri: str | None = None, search_id: str | None = None,

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from search.cluster import folder_or_uri
-from trainables.config import ConfigError
+from trainables.errors import ConfigError
 
 SQL_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "oracle")
 

@@ -18,16 +18,18 @@ import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 
 from search.cluster import check_address, connect, experiment_path, resolve_storage_path
 from spaces import DEFAULT_OBJECTIVES, ENERGY_OBJECTIVES, Space, load_space, parse_objectives
-from trainables.config import ConfigError, check_value, parse_stages
-from trainables.data import check_task, local_split_path
+from trainables.config import check_value, parse_stages
+from trainables.data.glue import check_task, local_split_path
+from trainables.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +92,7 @@ def resolve_teacher(task: str, teacher: str | None, cache_dir: str | None) -> st
     Raises:
         ConfigError: explicit folder invalid, or no cached teacher (says how to make one).
     """
-    from trainables.teacher import check_teacher, default_teacher_dir
+    from trainables.data.teacher import check_teacher, default_teacher_dir
 
     if teacher:
         check_teacher(teacher)
@@ -214,14 +216,14 @@ def build_trial_data(task: str, data_dir: str | None, teacher: str, cache_dir: s
         cache_dir: teacher-logit cache root (``None``: the user cache dir).
 
     Returns:
-        A :class:`trainables.pipeline.TrialData`.
+        A :class:`trainables.trial.TrialData`.
 
     Raises:
         ConfigError: missing data, teacher that cannot be loaded or does not fit the task.
     """
-    from trainables.data import load_split
-    from trainables.pipeline import TrialData
-    from trainables.teacher import teacher_id, teacher_logits, teacher_size_bytes
+    from trainables.data.glue import load_split
+    from trainables.data.teacher import teacher_id, teacher_logits, teacher_size_bytes
+    from trainables.trial import TrialData
 
     train = load_split(task, "train", data_dir)
     dev = load_split(task, "dev", data_dir)
@@ -238,7 +240,7 @@ def build_trial_data(task: str, data_dir: str | None, teacher: str, cache_dir: s
 
 def load_trial_data(plan: Plan) -> Any:
     """Load the splits and teacher logits once, in the driver."""
-    from trainables.augment import prepare_for_space  # + the augmented transfer sets the space can ask for
+    from trainables.data.augment import prepare_for_space  # + the augmented transfer sets the space can ask for
 
     data = build_trial_data(plan.task, plan.options.data_dir, plan.teacher, plan.options.cache_dir)
     return prepare_for_space(data, plan.space, plan.teacher, plan.options.cache_dir, plan.options.cpu_watts_per_core)
@@ -355,7 +357,8 @@ def execute_search(plan: Plan, data: Any, client: Any, experiment_id: str, paren
 
     from analysis.pareto import pareto_ranks
     from search import mlflow_store
-    from trainables.pipeline import RunSettings, tune_trainable
+    from trainables.trial.state import RunSettings
+    from trainables.trial.trainable import tune_trainable
 
     opts = plan.options
     settings = RunSettings(opts.cpu_watts_per_core, opts.pue, opts.kg_per_kwh, None,
@@ -402,21 +405,22 @@ def execute_search(plan: Plan, data: Any, client: Any, experiment_id: str, paren
 
 
 def interrupted(results: Any, num_samples: int) -> bool:
-    """Whether Tune returned before every trial ended (Ctrl-C: Tune saves its state and returns)."""
-    trials = getattr(getattr(results, "_experiment_analysis", None), "trials", None)
-    if trials is None:
-        return len(results) < num_samples
-    return len(trials) < num_samples or any(t.status not in ("TERMINATED", "ERROR") for t in trials)
+    """Whether Tune returned before every trial ended (Ctrl-C: Tune saves its state and returns).
+
+    ``results`` is a ``tune.ResultGrid``: its ``num_terminated`` and ``num_errors`` count the
+    trials that ended.
+    """
+    return results.num_terminated + results.num_errors < num_samples
 
 
 def trial_errors(results: Any) -> dict[str, str]:
-    """Trial id -> error text of the trials a Tune ResultGrid holds as errored."""
-    trials = getattr(getattr(results, "_experiment_analysis", None), "trials", None) or [None] * len(results)
+    """Trial id -> error text of the trials a Tune ``ResultGrid`` holds as errored (the id is the
+    ``trial_id`` the trial reported, else its folder name)."""
     out = {}
-    for trial, result in zip(trials, results):
+    for result in results:
         if result.error is None:
             continue
-        trial_id = getattr(trial, "trial_id", None) or (result.metrics or {}).get("trial_id") or Path(result.path).name
+        trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
         out[str(trial_id)] = f"{type(result.error).__name__}: {result.error}".strip()
     return out
 

@@ -28,13 +28,15 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
-from trainables.config import PARAMS, ConfigError, check_key, check_value, parse_stages
+from trainables.config import PARAMS, check_key, check_value, parse_stages
+from trainables.errors import ConfigError
 
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "int", "logint")
 TOP_LEVEL_KEYS = ("description", "objectives", "params", "initial_points")

@@ -14,6 +14,8 @@ GLUE = SHARED / "data" / "glue"
 TEACHERS = SHARED / "teachers"
 SST2_TEACHER = TEACHERS / "minilm-l6-sst2"
 
+pytest_plugins = ["store_fixtures"]  # the MLflow store fixtures (store, search, shared_search, ...)
+
 
 @pytest.fixture(scope="session")
 def glue_dir() -> Path:
@@ -27,7 +29,7 @@ def sst2_teacher() -> Path:
 
 @pytest.fixture(scope="session")
 def sst2_splits():
-    from trainables.data import load_split
+    from trainables.data.glue import load_split
 
     return load_split("sst2", "train", GLUE), load_split("sst2", "dev", GLUE)
 
@@ -35,8 +37,8 @@ def sst2_splits():
 @pytest.fixture(scope="session")
 def sst2_small(sst2_splits):
     """TrialData over 3,000 SST-2 training rows and the full dev set, with the shipped teacher logits."""
-    from trainables.data import Split
-    from trainables.pipeline import TrialData
+    from trainables.data.glue import Split
+    from trainables.trial import TrialData
 
     train, dev = sst2_splits
     with np.load(SST2_TEACHER / "logits_sst2.npz") as z:

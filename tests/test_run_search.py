@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 
 import run_search
-from trainables.config import ConfigError
+from trainables.errors import ConfigError
 
 
 def test_teacher_subcommand_on_a_tiny_model(tmp_path, glue_dir, capsys):
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    from trainables.teacher import minilm_path
+    from trainables.data.teacher import minilm_path
 
     base = tmp_path / "tiny"
     tok = AutoTokenizer.from_pretrained(minilm_path())

@@ -14,20 +14,16 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
+
+from trainables.errors import ConfigError
 
 TASKS = ("sst2", "qqp", "mnli")
 STUDENTS = ("bilstm", "rnn", "ffn", "transformer")
 EMBEDDINGS = ("hash", "char", "bpe", "glove")
 STAGES = ("distill", "prune", "quantize")
-
-
-class ConfigError(ValueError):
-    """Bad user input (space file, CLI value, config key or value, missing file).
-
-    The message is one line that names what to fix; the CLI prints it and exits with code 2.
-    """
 
 
 @dataclass(frozen=True)
@@ -91,7 +87,7 @@ PARAMS: dict[str, Param] = {
                        help="synthetic examples per training sentence, labelled by the teacher; 0 = off"),
     "augment_p": Param("float", 0.1, low=0.0, high=0.5,
                        help="per-word probability of masking, and of GloVe-neighbour replacement (each)"),
-    # truncated-transformer student (trainables/transformer_student.py; Sun et al. 2019)
+    # truncated-transformer student (trainables/models/transformer.py; Sun et al. 2019)
     "transformer_layers": Param("int", 2, low=1, high=48,
                                 help="student=transformer: the teacher's first k encoder layers kept"),
     "pkd_beta": Param("float", 0.0, low=0.0, high=100_000.0,

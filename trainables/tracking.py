@@ -19,8 +19,9 @@ import os
 import platform
 import socket
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -55,7 +56,7 @@ class Tracker:
         Raises:
             ConfigError: this tracker has no store to fetch from, or the run has no student.
         """
-        from trainables.config import ConfigError
+        from trainables.errors import ConfigError
 
         raise ConfigError(f"init_run_id {run_id!r}: starting from an earlier run's student needs MLflow tracking")
 
@@ -160,7 +161,7 @@ class MlflowTracker(Tracker):
         _retry(lambda: self.client.set_terminated(self.run_id, status=status))
 
     def fetch_student(self, run_id: str, dst: str | Path) -> Path:
-        from trainables.config import ConfigError
+        from trainables.errors import ConfigError
 
         try:
             files = [a.path for a in self.client.list_artifacts(run_id, "model") if a.path.endswith(".safetensors")]

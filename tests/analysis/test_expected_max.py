@@ -10,7 +10,7 @@ import pytest
 
 from analysis import CURVE_COLUMNS, budget_axis, expected_max_unbiased
 from analysis.expected_max import expected_max
-from trainables.config import ConfigError
+from trainables.errors import ConfigError
 
 SAMPLES = [
     [0.7],

@@ -6,7 +6,8 @@ import pytest
 import yaml
 
 from analysis import Selector, export_configs, parse_selector
-from trainables.config import ConfigError, resolve_config
+from trainables.config import resolve_config
+from trainables.errors import ConfigError
 
 
 def _exported(shared_search, tmp_path, select, **kwargs):

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from analysis import default_reference, hypervolume, hypervolume_history, pareto_front, pareto_ranks
-from trainables.config import ConfigError
+from trainables.errors import ConfigError
 
 DIRECTION_SETS = [("max", "min"), ("min", "min"), ("max", "max", "min"), ("min", "max", "min")]
 

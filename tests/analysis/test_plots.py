@@ -20,7 +20,7 @@ from analysis import (
 )
 from analysis.expected_max import expected_max
 from analysis.plots import _expected_max_figure, _pairwise_figure, _skyline_figure
-from trainables.config import ConfigError
+from trainables.errors import ConfigError
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from analysis import NOT_RANDOM_NOTE, analyze, hypervolume, load_trials, pareto_ranks
-from trainables.config import ConfigError
+from trainables.errors import ConfigError
 
 EMP_FILES = {"emp_dodge_trials.png", "emp_dodge_time.png", "emp_tang_trials.png", "emp_tang_time.png"}
 

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from analysis import find_parent_run, load_trials
-from trainables.config import ConfigError
+from trainables.errors import ConfigError
 
 
 def test_load_trials_one_row_per_finished_trial_of_latest_search_in_start_order(shared_search):

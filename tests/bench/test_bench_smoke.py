@@ -4,16 +4,14 @@ real search-efficiency run end to end (real SST-2 trials, MLflow run with its CS
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+from bench import frontier_sst2, search_efficiency
+from bench._common import SHARED
 
-from bench import frontier_sst2, search_efficiency  # noqa: E402
-from bench._common import SHARED  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_table_7_5_copy_and_like_with_like_dominance():

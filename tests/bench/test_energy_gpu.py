@@ -10,12 +10,11 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+from bench import energy_gpu
+from trainables import energy
+from trainables.errors import ConfigError
 
-from bench import energy_gpu  # noqa: E402
-from trainables import energy  # noqa: E402
-from trainables.config import ConfigError  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class NVMLError(Exception):
@@ -90,7 +89,7 @@ def test_refuses_without_a_gpu_in_one_line():
         energy_gpu.check_gpu("cpu")
     with pytest.raises(ConfigError, match="--device must be cuda or cpu"):
         energy_gpu.check_gpu("tpu")
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "energy_gpu.py"), "--quick", "--no-mlflow"],
+    proc = subprocess.run([sys.executable, "-m", "bench.energy_gpu", "--quick", "--no-mlflow"], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith("error: "), proc.stderr

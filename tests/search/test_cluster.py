@@ -4,9 +4,10 @@ One module-scoped cluster serves both tests: ``ray start --head`` and a second `
 --address`` (1 CPU each, token authentication with a test token), and ``run_search.py server``.
 Every process is started in its own session and stopped at the end, even on failure.
 
-Failure injection: the nodes run with ``FEATHERWEIGHT_TEST_CRASH_ONCE=<file>`` (a test-only hook
-in ``trainables.pipeline.tune_trainable``): while ``<file>`` exists, the first trial to finish an
-epoch deletes it and dies (``os._exit``), or raises when the file holds ``raise``.
+Failure injection: the nodes run with ``FEATHERWEIGHT_TEST_CRASH_ONCE=<file>`` and
+``crash_hook/`` on their ``PYTHONPATH``, whose ``sitecustomize`` wraps the trainable's epoch
+report: while ``<file>`` exists, the first trial to report an epoch deletes it and dies
+(``os._exit``), or raises when the file holds ``raise``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST_SPACE = Path(__file__).with_name("fast.yaml")
+CRASH_HOOK = Path(__file__).with_name("crash_hook")
 pytestmark = pytest.mark.slow
 
 
@@ -77,6 +79,7 @@ class Cluster:
         self.tracking_uri = f"http://127.0.0.1:{self.mlflow_port}"
         self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
                     "FEATHERWEIGHT_TEST_CRASH_ONCE": str(self.crash_marker), "RAY_USAGE_STATS_ENABLED": "0",
+                    "PYTHONPATH": os.pathsep.join(filter(None, [str(CRASH_HOOK), os.environ.get("PYTHONPATH")])),
                     "PYTHONUNBUFFERED": "1"}
         self.procs: list[subprocess.Popen] = []
 
@@ -141,8 +144,8 @@ while sum(n["Alive"] for n in ray.nodes()) < 2 and time.time() < deadline:
     time.sleep(0.5)
 @ray.remote(num_cpus=0)
 def where():
-    import search, spaces, trainables.pipeline
-    return os.path.dirname(os.path.dirname(trainables.pipeline.__file__)), os.getcwd()
+    import search, spaces, trainables.trial.stages
+    return os.path.dirname(os.path.dirname(os.path.dirname(trainables.trial.stages.__file__))), os.getcwd()
 pkg, cwd = ray.get(where.remote())
 assert pkg == cwd and "runtime_resources" in pkg and "working_dir" in pkg, (pkg, cwd)
 print(f"nodes={sum(n['Alive'] for n in ray.nodes())} code={pkg}")
@@ -195,7 +198,7 @@ def test_cluster_search_spreads_trials_retries_a_dead_worker_and_serves_artifact
                                                                                    sst2_teacher):
     from mlflow.tracking import MlflowClient
 
-    from trainables.artifact import load_student
+    from trainables.formats import load_student
 
     cluster.crash_marker.write_text("exit")  # one trial's worker dies after its first epoch
     proc = subprocess.run(_search_args(cluster, tmp_path, glue_dir, sst2_teacher, "cluster", 4, 1), cwd=tmp_path,

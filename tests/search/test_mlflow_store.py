@@ -9,7 +9,7 @@ import pytest
 
 from search import mlflow_store as ms
 from search.cluster import check_address, experiment_path, resolve_storage_path, runtime_env
-from trainables.config import ConfigError
+from trainables.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -104,18 +104,26 @@ def test_cluster_helpers(tmp_path):
         check_address("ray://127.0.0.1:9")
 
 
-def test_errored_trials_are_read_from_the_result_grid():
-    from types import SimpleNamespace as NS
+def test_errored_trials_are_read_from_the_result_grid(tmp_path):
+    """A real Tune run with one failing trial: its error is found, and the grid says none is left running."""
+    import ray
+    from ray import tune
 
     from search.tuner import _error_line, interrupted, trial_errors
 
-    boom = RuntimeError("ray::ImplicitFunc.train() (pid=1)\n  File \"x.py\", line 3\nValueError: bad lr")
-    trials = [NS(trial_id="a", status="TERMINATED"), NS(trial_id="b", status="ERROR")]
-    grid = [NS(error=None, metrics={"trial_id": "a"}, path="/r/a"), NS(error=boom, metrics={}, path="/r/b")]
-    results = type("Grid", (list,), {"_experiment_analysis": NS(trials=trials)})(grid)
+    def trainable(config):
+        if config["x"] == 1:
+            raise ValueError("bad lr")
+        tune.report({"score": config["x"]})
+
+    ray.init(address="local", num_cpus=1, include_dashboard=False, configure_logging=False)
+    try:
+        results = tune.Tuner(trainable, param_space={"x": tune.grid_search([0, 1])},
+                             run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0)).fit()
+    finally:
+        ray.shutdown()
     errors = trial_errors(results)
-    assert list(errors) == ["b"] and errors["b"].startswith("RuntimeError: ray::ImplicitFunc")
-    assert _error_line(errors["b"]) == "ValueError: bad lr"
+    assert len(errors) == 1
+    (error,) = errors.values()
+    assert _error_line(error) == "ValueError: bad lr"
     assert not interrupted(results, 2) and interrupted(results, 3)
-    trials[0].status = "RUNNING"  # Ctrl-C: Tune returned with a trial still running
-    assert interrupted(results, 2)

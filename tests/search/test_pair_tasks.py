@@ -20,7 +20,7 @@ def test_qqp_and_mnli_searches_log_their_task_metrics(tmp_path, glue_dir, caplog
     import ray
     from mlflow.tracking import MlflowClient
 
-    from trainables.data import load_split
+    from trainables.data.glue import load_split
 
     space = tmp_path / "pairs.yaml"
     space.write_text(SPACE)

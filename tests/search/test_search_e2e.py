@@ -15,9 +15,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_search_tracks_every_trial_and_prints_the_pareto_front(tmp_path, glue_dir, sst2_teacher, sst2_splits):
     from mlflow.tracking import MlflowClient
 
-    from trainables.artifact import load_student
-    from trainables.distill import encode_split, predict
-    from trainables.metrics import accuracy_percent
+    from trainables.formats import load_student
+    from trainables.training.encoded import encode_split, predict
+    from trainables.training.metrics import accuracy_percent
 
     cmd = [sys.executable, str(ROOT / "run_search.py"), "search", "--task", "sst2", "--data-dir", str(glue_dir),
            "--teacher", str(sst2_teacher), "--num-samples", "3", "--max-concurrent", "2", "--experiment", "e2e",

@@ -4,7 +4,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spaces import SPACES_DIR, load_space, parse_objectives, parse_space
-from trainables.config import ConfigError, PARAMS, resolve_config
+from trainables.config import PARAMS, resolve_config
+from trainables.errors import ConfigError
 
 
 @pytest.mark.parametrize("path", sorted(SPACES_DIR.glob("*.yaml")), ids=lambda p: p.name)

@@ -3,11 +3,12 @@ import gzip
 import numpy as np
 import pytest
 
-from trainables.artifact import load_student, read_metadata, save_student
-from trainables.config import ConfigError, resolve_config
-from trainables.distill import encode_split, predict
-from trainables.embeddings import build_encoder
-from trainables.students import build_student
+from trainables.config import resolve_config
+from trainables.errors import ConfigError
+from trainables.formats import load_student, read_metadata, save_student
+from trainables.models.embeddings import build_encoder
+from trainables.models.students import build_student
+from trainables.training.encoded import encode_split, predict
 
 
 @pytest.mark.parametrize("kind", ["hash", "char", "bpe", "glove"])

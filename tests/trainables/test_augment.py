@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from trainables import augment
-from trainables.augment import (
+from trainables.data import augment
+from trainables.data.augment import (
     MASK,
     augment_grid,
     augment_texts,
@@ -15,9 +15,9 @@ from trainables.augment import (
     rows_for_space,
     transfer_set,
 )
-from trainables.config import ConfigError
-from trainables.data import Split
-from trainables.embeddings import words
+from trainables.data.glue import Split
+from trainables.data.text import words
+from trainables.errors import ConfigError
 
 TOKENS = "the film is a fine and funny ride".split()
 NEIGHBOURS = {"film": ["movie", "picture"], "fine": ["good"], "funny": ["witty"]}
@@ -54,7 +54,7 @@ def test_samples_per_sentence_are_distinct_and_seeded(sst2_splits):
 
 
 def test_pairs_cycle_first_second_both(glue_dir):
-    from trainables.data import load_split
+    from trainables.data.glue import load_split
 
     qqp = load_split("qqp", "dev", glue_dir)
     a0, b0 = [" ".join(words(t)) for t in qqp.text_a[:40]], [" ".join(words(t)) for t in qqp.text_b[:40]]
@@ -72,7 +72,7 @@ def test_glove_neighbours_are_near_in_glove_space():
 
 
 def test_teacher_labels_are_cached_by_key(sst2_teacher, sst2_splits, tmp_path, monkeypatch):
-    from trainables.teacher import compute_logits, load_teacher
+    from trainables.data.teacher import compute_logits, load_teacher
 
     train, _ = sst2_splits
     rows = np.arange(100, 112)
@@ -86,7 +86,7 @@ def test_teacher_labels_are_cached_by_key(sst2_teacher, sst2_splits, tmp_path, m
     assert np.abs(direct - aug.logits).max() < 0.25  # the teacher's logits, in example order (bf16 noise)
     assert (direct.argmax(1) == aug.logits.argmax(1)).mean() > 0.9
 
-    monkeypatch.setattr("trainables.teacher.load_teacher", lambda *_: pytest.fail("the cache must answer"))
+    monkeypatch.setattr("trainables.data.teacher.load_teacher", lambda *_: pytest.fail("the cache must answer"))
     again = build_augmented(train, str(sst2_teacher), n=2, p=0.2, seed=0, rows=rows, cache_dir=tmp_path)
     assert again.cached and again.text_a == aug.text_a and np.array_equal(again.logits, aug.logits)
     assert again.seconds == aug.seconds  # the cost of making it, not of reading it
@@ -118,8 +118,8 @@ def test_grid_and_rows_follow_the_space():
 
 
 def test_trial_trains_on_its_rows_plus_their_synthetic_rows(sst2_small, sst2_teacher, tmp_path):
-    from trainables.pipeline import run_trial
     from trainables.tracking import MemoryTracker
+    from trainables.trial import run_trial
 
     data = sst2_small.__class__(**{**sst2_small.__dict__, "augmented": {}})
     cfg = {"student": "ffn", "embedding": "hash", "embedding_dim": 16, "vocab_size": 500, "epochs": 1,

@@ -1,6 +1,7 @@
 import pytest
 
-from trainables.config import PARAMS, ConfigError, check_value, parse_stages, resolve_config
+from trainables.config import PARAMS, check_value, parse_stages, resolve_config
+from trainables.errors import ConfigError
 
 
 def test_resolve_fills_student_defaults_and_every_key():

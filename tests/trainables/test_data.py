@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from trainables.config import ConfigError
-from trainables.data import check_task, content_hash, load_split
+from trainables.data.glue import check_task, content_hash, load_split
+from trainables.errors import ConfigError
 
 
 def test_sst2_official_files_complete(glue_dir):

@@ -4,10 +4,11 @@ import torch
 import torch.nn.functional as F
 
 from trainables.config import resolve_config
-from trainables.distill import distill_loss, encode_split, predict, train
-from trainables.embeddings import build_encoder
-from trainables.metrics import accuracy_percent
-from trainables.students import build_student
+from trainables.models.embeddings import build_encoder
+from trainables.models.students import build_student
+from trainables.training.distill import distill_loss, train
+from trainables.training.encoded import encode_split, predict
+from trainables.training.metrics import accuracy_percent
 
 
 def test_mse_and_kl_losses_match_their_formulas():
@@ -64,7 +65,7 @@ def test_training_is_deterministic_for_a_seed(sst2_small):
 
 
 def test_resuming_from_a_saved_state_equals_the_uninterrupted_run(sst2_small, tmp_path):
-    from trainables.distill import TrainState
+    from trainables.training.distill import TrainState
 
     cfg, model, tr, dv = _setup(sst2_small, epochs=3, dropout=0.3, seed=5)  # dropout: the RNG must continue too
     states = []

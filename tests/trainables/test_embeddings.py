@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainables.embeddings import (
+from trainables.models.embeddings import (
     GLOVE_DIM,
     HashEmbedding,
     HashEncoder,

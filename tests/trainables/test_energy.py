@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from trainables.energy import (
-    METHODS,
     CpuEstimateMeter,
     EnergyReading,
     NvmlMeter,
@@ -24,7 +23,6 @@ from trainables.energy import (
     strubell_kwh,
     sum_readings,
 )
-
 
 # --- A fake NVML module ---------------------------------------------------------------
 

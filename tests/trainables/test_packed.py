@@ -13,12 +13,11 @@ import pytest
 import torch
 from torch import nn
 
-from trainables import artifact
+from trainables import formats as artifact
+from trainables.compression.prune import apply_pruning, make_permanent
+from trainables.compression.quantize import quantize_student, quantize_tensor
 from trainables.config import resolve_config
-from trainables.distill import encode_split, predict
-from trainables.embeddings import VocabEncoder
-from trainables.metrics import accuracy_percent
-from trainables.packed import (
+from trainables.formats.packed import (
     decode_tensor,
     encode_mask,
     encode_tensor,
@@ -29,9 +28,10 @@ from trainables.packed import (
     size_breakdown,
     unpack_codes,
 )
-from trainables.prune import apply_pruning, make_permanent
-from trainables.quantize import quantize_student, quantize_tensor
-from trainables.students import build_student
+from trainables.models.embeddings import VocabEncoder
+from trainables.models.students import build_student
+from trainables.training.encoded import encode_split, predict
+from trainables.training.metrics import accuracy_percent
 
 SMALL = {"student": "bilstm", "embedding": "char", "embedding_dim": 16, "vocab_size": 16, "hidden_dim": 8,
          "classifier_dim": 8, "dropout": 0.0}
@@ -159,8 +159,8 @@ def test_int8_dynamic_runtime_is_recorded_and_applied(tmp_path):
 
 
 def test_pipeline_stages_log_prefixed_metrics_and_evaluate_the_saved_file(sst2_small, tmp_path):
-    from trainables.pipeline import run_trial
     from trainables.tracking import MemoryTracker
+    from trainables.trial import run_trial
 
     tracker = MemoryTracker()
     cfg = {"student": "ffn", "embedding": "hash", "embedding_dim": 16, "vocab_size": 500, "epochs": 1, "lr": 3e-3,

@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 
-from trainables.artifact import load_student
-from trainables.distill import encode_split, predict
-from trainables.metrics import accuracy_percent
-from trainables.pipeline import RunSettings, run_trial
+from trainables.formats import load_student
 from trainables.tracking import MemoryTracker
+from trainables.training.encoded import encode_split, predict
+from trainables.training.metrics import accuracy_percent
+from trainables.trial import RunSettings, run_trial
 
 FAST = {"student": "ffn", "embedding": "hash", "embedding_dim": 16, "vocab_size": 500, "epochs": 2, "lr": 3e-3}
 
@@ -53,7 +53,7 @@ def test_failed_trial_is_marked_failed(sst2_small, tmp_path):
 def test_further_compression_starts_from_an_earlier_runs_student(sst2_small, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from trainables.config import ConfigError
+    from trainables.errors import ConfigError
     from trainables.tracking import MlflowTracker
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -74,8 +74,8 @@ def test_further_compression_starts_from_an_earlier_runs_student(sst2_small, tmp
 
 
 def test_a_trial_killed_after_an_epoch_resumes_from_its_checkpoint(sst2_small, tmp_path):
-    from trainables.config import ConfigError
-    from trainables.pipeline import load_checkpoint
+    from trainables.errors import ConfigError
+    from trainables.trial import load_checkpoint
 
     cfg, settings = {**FAST, "epochs": 3}, RunSettings(cpu_watts_per_core=10.0)
     whole_tracker = MemoryTracker()

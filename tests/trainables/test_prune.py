@@ -6,10 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from trainables.config import ConfigError, resolve_config
-from trainables.distill import Encoded
-from trainables.embeddings import VocabEncoder
-from trainables.prune import (
+from trainables.compression.prune import (
     PARTS,
     apply_pruning,
     cubic_schedule,
@@ -20,7 +17,11 @@ from trainables.prune import (
     rewind,
     sparsity_by_part,
 )
-from trainables.students import build_student
+from trainables.config import resolve_config
+from trainables.errors import ConfigError
+from trainables.models.embeddings import VocabEncoder
+from trainables.models.students import build_student
+from trainables.training.encoded import Encoded
 
 # char vocabulary of 8 -> 10 ids; dim 16, hidden 8, classifier 8: every tensor size times the
 # targets below is an integer, so the per-part sparsity must come out exactly.

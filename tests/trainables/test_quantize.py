@@ -7,10 +7,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from trainables.config import ConfigError, resolve_config
-from trainables.embeddings import VocabEncoder
-from trainables.prune import apply_pruning, make_permanent, prunable_tensors
-from trainables.quantize import (
+from trainables.compression.prune import apply_pruning, make_permanent, prunable_tensors
+from trainables.compression.quantize import (
     AffineTensor,
     FakeQuantize,
     HalfTensor,
@@ -20,8 +18,11 @@ from trainables.quantize import (
     quantize_tensor,
     to_int8_dynamic,
 )
-from trainables.distill import Encoded
-from trainables.students import build_student
+from trainables.config import resolve_config
+from trainables.errors import ConfigError
+from trainables.models.embeddings import VocabEncoder
+from trainables.models.students import build_student
+from trainables.training.encoded import Encoded
 
 SMALL = {"student": "bilstm", "embedding": "char", "embedding_dim": 16, "vocab_size": 16, "hidden_dim": 8,
          "classifier_dim": 8, "dropout": 0.0, "epochs": 1, "batch_size": 8, "lr": 1e-2}

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from trainables.config import resolve_config
-from trainables.embeddings import build_encoder
-from trainables.students import build_student, count_params
+from trainables.models.embeddings import build_encoder
+from trainables.models.students import build_student, count_params
 
 TEXTS = ["a fine film", "a dull , dull film", "fine"]
 

@@ -3,10 +3,9 @@ import json
 import numpy as np
 import pytest
 
-from trainables import teacher as teacher_mod
-from trainables.config import ConfigError
-from trainables.data import Split
-from trainables.teacher import (
+from trainables.data import teacher as teacher_mod
+from trainables.data.glue import Split
+from trainables.data.teacher import (
     check_teacher,
     compute_logits,
     finetune_teacher,
@@ -14,6 +13,7 @@ from trainables.teacher import (
     teacher_id,
     teacher_logits,
 )
+from trainables.errors import ConfigError
 
 
 def test_shipped_logits_are_verified_used_and_cached(sst2_teacher, sst2_splits, tmp_path, monkeypatch):
@@ -73,7 +73,7 @@ def test_finetune_tiny_teacher_end_to_end(sst2_splits, tmp_path):
                             progress=False)
     assert json.loads((out / "teacher_meta.json").read_text())["best_dev_acc"] == meta["best_dev_acc"]
     assert meta["train_examples"] == 300 and meta["dev_data_hash"] == small_dev.data_hash
-    with np.load(out / f"logits_sst2.npz") as z:
+    with np.load(out / "logits_sst2.npz") as z:
         assert z["train"].shape == (300, 2) and z["dev"].shape == (100, 2)
         dev_logits = z["dev"]
     assert abs((dev_logits.argmax(1) == small_dev.labels).mean() - meta["best_dev_acc"]) < 1e-9

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from trainables.config import ConfigError, resolve_config
-from trainables.data import Split, load_split
-from trainables.distill import encode_split, predict
-from trainables.transformer_student import (
+from trainables.config import resolve_config
+from trainables.data.glue import Split, load_split
+from trainables.errors import ConfigError
+from trainables.models.transformer import (
     FORMAT,
     from_teacher,
     pkd_layer_map,
@@ -17,13 +17,14 @@ from trainables.transformer_student import (
     prepare,
     teacher_cls_states,
 )
+from trainables.training.encoded import encode_split, predict
 
 TEACHERS = Path(__file__).resolve().parents[2].parent / "shared" / "teachers"
 
 
 @pytest.fixture(scope="module")
 def sst2_teacher_model(sst2_teacher):
-    from trainables.teacher import load_teacher
+    from trainables.data.teacher import load_teacher
 
     return load_teacher(str(sst2_teacher))
 
@@ -120,11 +121,10 @@ def test_bad_configs_are_config_errors(sst2_teacher):
 
 
 def test_pruned_and_quantized_transformer_student_packs_and_reloads_exactly(sst2_teacher, sst2_splits, tmp_path):
-    from trainables import packed
-    from trainables.artifact import load_student
-    from trainables.prune import PARTS, prunable_tensors, prune_student, sparsity_by_part
-    from trainables.quantize import quantize_student, to_int8_dynamic
-    from trainables.transformer_student import save_transformer
+    from trainables.compression.prune import PARTS, prunable_tensors, prune_student, sparsity_by_part
+    from trainables.compression.quantize import quantize_student, to_int8_dynamic
+    from trainables.formats import load_student, packed
+    from trainables.models.transformer import save_transformer
 
     cfg = _cfg(transformer_layers=1, stages="distill,prune,quantize", sparsity=0.5, bits_embedding=4)
     encoder, model = from_teacher(str(sst2_teacher), cfg, 2, pair=False)
@@ -178,10 +178,10 @@ def test_trial_saves_one_artifact_with_its_tokenizer(sst2_small, sst2_teacher, t
     import gzip
     import json
 
-    from trainables import artifact
-    from trainables.artifact import load_student, read_metadata
-    from trainables.pipeline import run_trial
+    from trainables import formats as artifact
+    from trainables.formats import load_student, read_metadata
     from trainables.tracking import MemoryTracker
+    from trainables.trial import run_trial
 
     dev = Split("sst2", "dev", sst2_small.dev.text_a[:100], None, sst2_small.dev.labels[:100], "subset")
     data = sst2_small.__class__(**{**sst2_small.__dict__, "dev": dev, "dev_logits": sst2_small.dev_logits[:100],
@@ -208,10 +208,10 @@ def test_trial_saves_one_artifact_with_its_tokenizer(sst2_small, sst2_teacher, t
 def test_trial_distils_prunes_and_quantizes_a_transformer_student(sst2_small, sst2_teacher, tmp_path, monkeypatch):
     import gzip
 
-    from trainables import artifact
-    from trainables.artifact import load_student
-    from trainables.pipeline import run_trial
+    from trainables import formats as artifact
+    from trainables.formats import load_student
     from trainables.tracking import MemoryTracker
+    from trainables.trial import run_trial
 
     dev = Split("sst2", "dev", sst2_small.dev.text_a[:100], None, sst2_small.dev.labels[:100], "subset")
     data = sst2_small.__class__(**{**sst2_small.__dict__, "dev": dev, "dev_logits": sst2_small.dev_logits[:100],
@@ -233,7 +233,7 @@ def test_trial_distils_prunes_and_quantizes_a_transformer_student(sst2_small, ss
 
 
 def test_patient_kd_also_for_a_student_given_by_init_run_id(sst2_small, sst2_teacher):
-    from trainables.pipeline import prepare as prepare_trial
+    from trainables.trial import prepare as prepare_trial
 
     data = sst2_small.__class__(**{**sst2_small.__dict__, "teacher_path": str(sst2_teacher)})
     cfg = {**_cfg(pkd_beta=10.0), "max_train_examples": 32}
@@ -246,7 +246,7 @@ def test_patient_kd_also_for_a_student_given_by_init_run_id(sst2_small, sst2_tea
 def test_pairs_on_a_single_segment_model_use_segment_zero():
     from transformers import RobertaConfig, RobertaForSequenceClassification
 
-    from trainables.transformer_student import TransformerStudent
+    from trainables.models.transformer import TransformerStudent
 
     torch.manual_seed(0)
     conf = RobertaConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,

@@ -1,13 +1,14 @@
-"""The saved student: one self-contained file with weights, trial config and tokenizer.
+"""What every student file shares, and the one save/load registry over the formats.
 
-Format: a safetensors file (no pickle, no code) whose tensors are the student's
-``state_dict`` and whose string metadata holds ``featherweight_format``, the resolved trial
-``config`` (JSON), the ``encoder`` (JSON: vocabulary, BPE model or hash parameters) and
-``num_labels``/``pair``. ``size_bytes`` in MLflow is this file's size, so the vocabulary a
-student needs to run is counted; ``weights_bytes`` counts the tensors alone.
+A student file is one safetensors file (no pickle, no code): tensors plus string metadata with
+``featherweight_format``, the resolved trial ``config`` (JSON), the ``encoder`` (JSON:
+vocabulary, BPE model, hash parameters or tokenizer) and ``num_labels``/``pair``. Each format
+module (:mod:`.dense`, :mod:`.packed`, :mod:`.transformer`) registers its loader under its
+format name with :func:`register_loader`, and the dense writers register per student class with
+:func:`register_saver`; :func:`load_student` and :func:`save_student` dispatch through them.
 
 Example:
-    >>> info = save_student(model, config, encoder, num_labels=2, pair=False, path="s.safetensors")  # doctest: +SKIP
+    >>> sizes = save_student(model, config, encoder, num_labels=2, pair=False, path="s.safetensors")  # doctest: +SKIP
     >>> model2, encoder2, config2 = load_student("s.safetensors")                                     # doctest: +SKIP
 """
 
@@ -15,18 +16,32 @@ from __future__ import annotations
 
 import gzip
 import json
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
-from safetensors.torch import load_file
 
-from trainables.config import ConfigError
-from trainables.embeddings import TextEncoder, encoder_from_json, encoder_to_str
-from trainables.students import Student, build_student
+from trainables.errors import ConfigError
+from trainables.models.embeddings import TextEncoder, encoder_to_str
 
-FORMAT = "featherweight-dense-v1"
-ARTIFACT_NAME = "student.safetensors"
+Loader = Callable[[Path, Mapping[str, str]], "tuple[torch.nn.Module, TextEncoder, dict[str, Any]]"]
+Saver = Callable[..., "dict[str, int]"]
+
+#: ``featherweight_format`` -> loader ``(path, metadata) -> (model, encoder, config)``.
+LOADERS: dict[str, Loader] = {}
+#: student class -> writer of its uncompressed file (``(model, config, encoder, num_labels, pair, path) -> sizes``).
+SAVERS: dict[type, Saver] = {}
+
+
+def register_loader(fmt: str, loader: Loader) -> None:
+    """Make :func:`load_student` read files whose ``featherweight_format`` is ``fmt`` with ``loader``."""
+    LOADERS[fmt] = loader
+
+
+def register_saver(cls: type, saver: Saver) -> None:
+    """Make :func:`save_student` write students of class ``cls`` (and its subclasses) with ``saver``."""
+    SAVERS[cls] = saver
 
 
 def file_sizes(path: str | Path) -> dict[str, int]:
@@ -37,21 +52,6 @@ def file_sizes(path: str | Path) -> dict[str, int]:
     """
     data = Path(path).read_bytes()
     return {"size_bytes": len(data), "gzip_bytes": len(gzip.compress(data, compresslevel=6, mtime=0))}
-
-
-def save_student(model: Student, config: Mapping[str, Any], encoder: TextEncoder, num_labels: int, pair: bool,
-                 path: str | Path) -> dict[str, int]:
-    """Write ``model`` densely in float32 with its config and encoder to ``path``.
-
-    Returns:
-        ``size_bytes``, ``gzip_bytes`` (file sizes, bytes) and ``weights_bytes`` (tensor bytes).
-    """
-    if config.get("student") == "transformer":  # its own format (tokenizer + Hugging Face config)
-        from trainables.transformer_student import save_transformer
-
-        return save_transformer(model, config, encoder, num_labels, pair, path)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    return write_safetensors(path, state, student_metadata(FORMAT, config, encoder, num_labels, pair))
 
 
 def student_metadata(fmt: str, config: Mapping[str, Any], encoder: TextEncoder, num_labels: int, pair: bool,
@@ -96,8 +96,24 @@ def read_metadata(path: str | Path) -> dict[str, str]:
         return dict(f.metadata() or {})
 
 
-def load_student(path: str | Path) -> tuple[Student, TextEncoder, dict[str, Any]]:
-    """Load a student saved by :func:`save_student` (or :func:`trainables.packed.save_packed`), in eval mode.
+def save_student(model: torch.nn.Module, config: Mapping[str, Any], encoder: TextEncoder, num_labels: int,
+                 pair: bool, path: str | Path) -> dict[str, int]:
+    """Write ``model`` uncompressed (float32) with its config and encoder to ``path``, in its class's format.
+
+    Returns:
+        ``size_bytes``, ``gzip_bytes`` (file sizes, bytes) and ``weights_bytes`` (tensor bytes).
+
+    Raises:
+        ValueError: no format registered for the model's class.
+    """
+    for cls in type(model).__mro__:
+        if cls in SAVERS:
+            return SAVERS[cls](model, config, encoder, num_labels, pair, path)
+    raise ValueError(f"no student file format for {type(model).__name__}")
+
+
+def load_student(path: str | Path) -> tuple[torch.nn.Module, TextEncoder, dict[str, Any]]:
+    """Load a student file of any registered format, in eval mode.
 
     Returns:
         ``(model, encoder, config)``.
@@ -109,18 +125,7 @@ def load_student(path: str | Path) -> tuple[Student, TextEncoder, dict[str, Any]
     if not path.is_file():
         raise ConfigError(f"student file {str(path)!r} does not exist")
     meta = read_metadata(path)
-    from trainables import packed  # the compressed format (imports this module)
-
-    if meta.get("featherweight_format") == packed.FORMAT:
-        return packed.load_packed(path)
-    from trainables import transformer_student
-
-    if meta.get("featherweight_format") == transformer_student.FORMAT:
-        return transformer_student.load_transformer(path, meta)
-    if meta.get("featherweight_format") != FORMAT:
+    loader = LOADERS.get(meta.get("featherweight_format", ""))
+    if loader is None:
         raise ConfigError(f"{path}: not a featherweight student file (format {meta.get('featherweight_format')!r})")
-    config = json.loads(meta["config"])
-    encoder = encoder_from_json(json.loads(meta["encoder"]))
-    model = build_student(config, encoder, int(meta["num_labels"]), meta["pair"] == "1", init_pretrained=False)
-    model.load_state_dict(load_file(str(path)))
-    return model.eval(), encoder, config
+    return loader(path, meta)

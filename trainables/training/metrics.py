@@ -8,14 +8,12 @@ All metrics are in percent.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from trainables.distill import Encoded
+from trainables.training.encoded import Encoded
 
 
 def accuracy_percent(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -41,7 +39,7 @@ def task_metrics(task: str, logits: np.ndarray, labels: np.ndarray) -> dict[str,
 
 
 @torch.no_grad()
-def inference_speed(model: nn.Module, data: "Encoded", repeats: int = 50, batch: int = 256,
+def inference_speed(model: nn.Module, data: Encoded, repeats: int = 50, batch: int = 256,
                     threads: int | None = None) -> dict[str, float]:
     """CPU inference speed of ``model`` on rows of ``data``.
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import yaml
 
-from analysis import export_configs, load_trials, replay
+from analysis import export_configs, load_trials
+from search.replay import replay
 from search.mlflow_store import ROLE_TAG, start_parent_run
 
 # a fast trial: 2,000 shuffled training rows (max_train_examples), full dev set, one epoch
@@ -14,10 +15,10 @@ CONFIG = {"task": "sst2", "seed": 0, "student": "ffn", "embedding": "hash", "emb
 
 
 def test_export_and_replay_a_real_trial(store, tmp_path, glue_dir, sst2_teacher, sst2_splits, capsys):
-    from trainables.artifact import load_student
-    from trainables.pipeline import RunSettings, TrialData, run_trial
-    from trainables.teacher import teacher_id, teacher_size_bytes
+    from trainables.data.teacher import teacher_id, teacher_size_bytes
+    from trainables.formats import load_student
     from trainables.tracking import MlflowTracker
+    from trainables.trial import RunSettings, TrialData, run_trial
 
     client = store.client
     exp = store.experiment("real")

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainables.config import ConfigError
-from trainables.data import Split
+from trainables.data.glue import Split
+from trainables.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ layers and its pooler and classification head, loaded with
 students of Sun et al. 2019 (PKD) also start from the first k layers of the teacher's encoder.
 Pair tasks are one joint input ``[CLS] a [SEP] b [SEP]`` with segment ids 0/1, as the teacher reads them.
 
-Loss: the logit distillation of :func:`trainables.distill.distill_loss` plus, when
+Loss: the logit distillation of :func:`trainables.training.distill.distill_loss` plus, when
 ``pkd_beta`` = beta > 0, the Patient-KD term of Sun et al. 2019 ("Patient Knowledge Distillation
 for BERT Model Compression", section 3.2, the L_PT term, with the "PKD-Skip" layer choice):
 
@@ -20,10 +20,7 @@ each trial computes them once, before training, for its own training rows with t
 loaded only when ``pkd_beta > 0`` (bf16 autocast, batches sorted by length; cost logged as
 ``pkd_teacher_time_s``); nothing is cached across trials.
 
-The student is saved as one safetensors file (format ``featherweight-transformer-v1``, no pickle):
-its state dict, and as string metadata the trial ``config``, the ``encoder`` (tokenizer JSON), the
-``model_config`` (the truncated Hugging Face config JSON), ``num_labels`` and ``pair``;
-:func:`trainables.artifact.save_student` / :func:`~trainables.artifact.load_student` dispatch here.
+Its file format is :mod:`trainables.formats.transformer`.
 
 Example:
     >>> pkd_layer_map(2, 6)
@@ -34,29 +31,27 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from trainables.config import ConfigError
-from trainables.data import Split
-from trainables.embeddings import TextEncoder
-from trainables.students import Student
-
-FORMAT = "featherweight-transformer-v1"
+from trainables.data.glue import Split
+from trainables.errors import ConfigError
+from trainables.models.embeddings import TextEncoder, register_encoder
+from trainables.models.students import Student
 
 
 class WordPieceEncoder(TextEncoder):
     """The teacher's ``tokenizers`` tokenizer: text -> ``[CLS] ... [SEP]`` ids, at most ``max_length``.
 
     Truncation keeps the special tokens. Padding id 0 is ``[PAD]`` in BERT vocabularies, which
-    matches :data:`trainables.embeddings.PAD`.
+    matches :data:`trainables.models.embeddings.PAD`.
     """
 
     kind = "wordpiece"
@@ -101,7 +96,7 @@ class WordPieceEncoder(TextEncoder):
 class TransformerStudent(Student):
     """A Hugging Face sequence classifier behind the students' call signature.
 
-    It is a :class:`~trainables.students.Student` (same inputs and output, so the pipeline's
+    It is a :class:`~trainables.models.students.Student` (same inputs and output, so the pipeline's
     training, evaluation and speed measurement apply unchanged) holding one submodule,
     ``model`` (e.g. ``BertForSequenceClassification`` with k layers).
 
@@ -124,7 +119,7 @@ class TransformerStudent(Student):
     def encode(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError("a transformer student reads both sentences jointly; call it directly")
 
-    # The three parts that pruning and quantization target (trainables.prune.PARTS), as views
+    # The three parts that pruning and quantization target (trainables.compression.prune.PARTS), as views
     # of ``model``'s own modules (nothing is registered twice; state-dict keys stay ``model.*``).
 
     @property
@@ -265,7 +260,7 @@ def teacher_cls_states(teacher: Any, tokenizer: Any, split: Split, layers: Seque
     Returns:
         float32 tensor (n, len(layers), hidden) in row order.
     """
-    from trainables.teacher import _autocast
+    from trainables.data.teacher import _autocast
 
     idx = np.arange(len(split)) if rows is None else np.asarray(rows)
     texts_a = [split.text_a[i] for i in idx]
@@ -287,7 +282,7 @@ def teacher_cls_states(teacher: Any, tokenizer: Any, split: Split, layers: Seque
 def prepare(teacher: str | None, config: Mapping[str, Any], train: Split, rows: np.ndarray | None, num_labels: int,
             pair: bool) -> tuple[WordPieceEncoder, TransformerStudent, Callable[[torch.Tensor], torch.Tensor] | None,
                                  dict[str, float]]:
-    """Everything :func:`trainables.pipeline._run` needs for ``student: transformer``.
+    """Everything :func:`trainables.trial.stages.prepare` needs for ``student: transformer``.
 
     Args:
         teacher: the teacher folder (``TrialData.teacher_path``).
@@ -324,7 +319,7 @@ def patient_kd(teacher: str | None, config: Mapping[str, Any], model: Transforme
         return None, {}
     if not teacher:
         raise ConfigError("pkd_beta > 0 needs the teacher's folder (TrialData.teacher_path is unset)")
-    from trainables.teacher import load_teacher
+    from trainables.data.teacher import load_teacher
 
     start = time.perf_counter()
     t_model, t_tok = load_teacher(teacher)
@@ -340,64 +335,4 @@ def patient_kd(teacher: str | None, config: Mapping[str, Any], model: Transforme
     return aux_loss, {"pkd_teacher_time_s": seconds}
 
 
-# --- the artifact -------------------------------------------------------------------------------
-
-
-def save_transformer(model: TransformerStudent, config: Mapping[str, Any], encoder: WordPieceEncoder,
-                     num_labels: int, pair: bool, path: str | Path) -> dict[str, int]:
-    """Write the student (float32 state dict) with config, tokenizer and model config to ``path``.
-
-    Returns:
-        ``size_bytes``, ``gzip_bytes`` (the file, bytes) and ``weights_bytes`` (tensor bytes).
-    """
-    from safetensors.torch import save_file
-
-    from trainables.artifact import file_sizes
-
-    state = {k: v.detach().float().contiguous().cpu() for k, v in model.model.state_dict().items()}
-    meta = {
-        "featherweight_format": FORMAT,
-        "config": json.dumps(dict(config), sort_keys=True),
-        "encoder": json.dumps(encoder.to_json(), separators=(",", ":")),
-        "model_config": model.model.config.to_json_string(use_diff=False),
-        "num_labels": str(num_labels),
-        "pair": "1" if pair else "0",
-    }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(path), metadata=meta)
-    sizes = file_sizes(path)
-    sizes["weights_bytes"] = sum(v.numel() * v.element_size() for v in state.values())
-    return sizes
-
-
-def load_transformer(path: str | Path, meta: Mapping[str, str] | None = None
-                     ) -> tuple[TransformerStudent, WordPieceEncoder, dict[str, Any]]:
-    """Load a student saved by :func:`save_transformer`, in eval mode (no teacher needed, no pickle).
-
-    Returns:
-        ``(model, encoder, config)``.
-
-    Raises:
-        ConfigError: not a transformer student file.
-    """
-    from safetensors.torch import load_file
-
-    from trainables.artifact import read_metadata
-
-    meta = meta or read_metadata(path)
-    if meta.get("featherweight_format") != FORMAT:
-        raise ConfigError(f"{path}: not a transformer student file (format {meta.get('featherweight_format')!r})")
-    student = skeleton(meta)
-    student.model.load_state_dict(load_file(str(path)))
-    return student.eval(), WordPieceEncoder.from_json(json.loads(meta["encoder"])), json.loads(meta["config"])
-
-
-def skeleton(meta: Mapping[str, str]) -> TransformerStudent:
-    """An untrained student of the architecture a file's ``model_config`` and ``pair`` metadata
-    describe (no download: built from the config alone), ready for ``load_state_dict``."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    hf = json.loads(meta["model_config"])
-    model = AutoModelForSequenceClassification.from_config(AutoConfig.for_model(hf.pop("model_type"), **hf))
-    return TransformerStudent(model, meta["pair"] == "1")
+register_encoder("wordpiece", WordPieceEncoder.from_json)

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from trainables.config import TASKS, ConfigError
+from trainables.config import TASKS
+from trainables.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ def content_hash(text_a: list[str], text_b: list[str] | None, labels: np.ndarray
     h = hashlib.sha256()
     for i, a in enumerate(text_a):
         b = text_b[i] if text_b is not None else ""
-        h.update(f"{a}\t{b}\t{int(labels[i])}\n".encode("utf-8"))
+        h.update(f"{a}\t{b}\t{int(labels[i])}\n".encode())
     return h.hexdigest()
 
 

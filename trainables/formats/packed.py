@@ -2,9 +2,9 @@
 
 The file is a safetensors file (a JSON header, then raw little-endian bytes; no pickle, no
 code) whose metadata holds the same ``config``, ``encoder``, ``num_labels`` and ``pair`` as the
-dense format of :mod:`trainables.artifact`, with ``featherweight_format`` =
+dense format of :mod:`trainables.formats.dense`, with ``featherweight_format`` =
 ``featherweight-packed-v1`` and two more strings: ``packing`` (JSON: one spec per state-dict
-entry) and ``runtime`` (``float32`` or ``int8_dynamic``, see :mod:`trainables.quantize`).
+entry) and ``runtime`` (``float32`` or ``int8_dynamic``, see :mod:`trainables.compression.quantize`).
 
 Each state-dict entry ``k`` of the student is stored as one of (entries named ``k/<part>``):
 
@@ -33,18 +33,20 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
 from safetensors import safe_open
 
-from trainables.artifact import read_metadata, student_metadata, write_safetensors
-from trainables.config import ConfigError
-from trainables.embeddings import TextEncoder, encoder_from_json
-from trainables.quantize import AffineTensor, HalfTensor, Quantized, to_int8_dynamic
-from trainables.students import Student, build_student
+from trainables.compression.quantize import AffineTensor, HalfTensor, Quantized, to_int8_dynamic
+from trainables.errors import ConfigError
+from trainables.formats.base import read_metadata, register_loader, student_metadata, write_safetensors
+from trainables.formats.transformer import architecture_metadata, skeleton
+from trainables.models.embeddings import TextEncoder, encoder_from_json
+from trainables.models.students import Student, build_student
 
 FORMAT = "featherweight-packed-v1"
 ARTIFACT_NAME = "student.packed.safetensors"
@@ -125,8 +127,8 @@ def encode_tensor(key: str, value: torch.Tensor | Quantized) -> tuple[dict[str, 
 
     Args:
         key: the state-dict name.
-        value: a float32 tensor (stored as float32), an :class:`~trainables.quantize.AffineTensor`,
-            a :class:`~trainables.quantize.HalfTensor` or a non-float tensor (stored raw).
+        value: a float32 tensor (stored as float32), an :class:`~trainables.compression.quantize.AffineTensor`,
+            a :class:`~trainables.compression.quantize.HalfTensor` or a non-float tensor (stored raw).
 
     Returns:
         ``(entries, spec)``: tensors named ``key/<part>`` and a JSON-able spec.
@@ -210,7 +212,7 @@ def save_packed(model: Student, config: Mapping[str, Any], encoder: TextEncoder,
     """Write ``model`` packed to ``path``.
 
     Args:
-        quantized: state-dict key -> quantized form (from :func:`trainables.quantize.quantize_student`);
+        quantized: state-dict key -> quantized form (from :func:`trainables.compression.quantize.quantize_student`);
             every other float entry is stored float32 (sparse when that is smaller). The model's
             weights must equal ``quantized[k].dequantize()`` (checked, bit for bit).
         runtime: ``float32`` or ``int8_dynamic`` (recorded; applied by :func:`load_packed`).
@@ -239,8 +241,7 @@ def save_packed(model: Student, config: Mapping[str, Any], encoder: TextEncoder,
             value = q
         entries, packing[key] = encode_tensor(key, value)
         tensors.update(entries)
-    extra = {"model_config": model.model.config.to_json_string(use_diff=False)} \
-        if config.get("student") == "transformer" else {}  # what rebuilds its architecture
+    extra = architecture_metadata(model)  # what rebuilds a transformer student's architecture
     meta = student_metadata(FORMAT, config, encoder, num_labels, pair,
                             packing=json.dumps(packing, separators=(",", ":"), sort_keys=True), runtime=runtime,
                             **extra)
@@ -251,7 +252,7 @@ def load_packed(path: str | Path, runtime: bool = True) -> tuple[torch.nn.Module
     """Load a student saved by :func:`save_packed`, in eval mode (no pickle).
 
     Args:
-        runtime: apply the recorded runtime (``int8_dynamic``: :func:`trainables.quantize.to_int8_dynamic`);
+        runtime: apply the recorded runtime (``int8_dynamic``: :func:`trainables.compression.quantize.to_int8_dynamic`);
             ``False`` returns the float32 :class:`Student` with the dequantized weights.
 
     Returns:
@@ -272,9 +273,7 @@ def load_packed(path: str | Path, runtime: bool = True) -> tuple[torch.nn.Module
     with safe_open(str(path), framework="pt") as f:
         entries = {k: f.get_tensor(k) for k in f.keys()}
     state = {key: decode_tensor(key, spec, entries) for key, spec in packing.items()}
-    if config.get("student") == "transformer":
-        from trainables.transformer_student import skeleton
-
+    if "model_config" in meta:  # a transformer student (formats.transformer.architecture_metadata)
         model = skeleton(meta)
     else:
         model = build_student(config, encoder, int(meta["num_labels"]), meta["pair"] == "1", init_pretrained=False)
@@ -306,3 +305,6 @@ def size_breakdown(path: str | Path) -> dict[str, int]:
     out["header"] = total - sum(out.values())
     out["total"] = total
     return out
+
+
+register_loader(FORMAT, lambda path, meta: load_packed(path))

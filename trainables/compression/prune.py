@@ -1,7 +1,7 @@
 """Weight pruning of students on :mod:`torch.nn.utils.prune` (the ``prune`` stage).
 
 What is pruned: every parameter with at least two dimensions in the three parts of a
-:class:`~trainables.students.Student` (:data:`PARTS`): ``embedding`` (tables, hash component
+:class:`~trainables.models.students.Student` (:data:`PARTS`): ``embedding`` (tables, hash component
 and importance tables, the GloVe projection), ``encoder`` (LSTM/RNN ``weight_ih``/``weight_hh``
 of both directions) and ``classifier`` (Linear weights). Biases and other vectors are never
 pruned. A tensor is pruned along its rows (dim 0: output units of a Linear, gate rows of an
@@ -27,7 +27,7 @@ ranks rows of every tensor by RMS magnitude and prunes the lowest while the prun
 stays within ``round(sparsity * n)``.
 
 Schedules (``prune_schedule``): ``oneshot`` prunes the trained student once, then optionally
-distils it ``finetune_epochs`` more epochs with the masks fixed (:func:`trainables.distill.train`).
+distils it ``finetune_epochs`` more epochs with the masks fixed (:func:`trainables.training.distill.train`).
 ``gradual`` takes ``n = finetune_epochs`` pruning steps, each followed by one distillation
 epoch, with the cubic schedule of Zhu and Gupta 2017 ("To prune, or not to prune", eq. 1) from
 s_i = 0 at t_0 = 0 and step Delta t = 1 epoch::
@@ -61,14 +61,15 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from trainables.config import ConfigError
+from trainables.errors import ConfigError
 
 PARTS = ("embedding", "encoder", "classifier")
 
@@ -382,7 +383,7 @@ class PruneResult:
     Attributes:
         sparsity: :func:`sparsity_metrics` of the final model (fractions).
         steps: per pruning step: ``step``, the targets used and the achieved ``sparsity_achieved``.
-        history: rows of the fine-tuning epochs (:class:`trainables.distill.TrainResult` history).
+        history: rows of the fine-tuning epochs (:class:`trainables.training.distill.TrainResult` history).
         train_time_s: wall time of fine-tuning, seconds.
     """
 
@@ -399,19 +400,19 @@ def prune_student(model: nn.Module, config: Mapping[str, Any], train_data: Any =
 
     Uses config keys ``sparsity, sparsity_embedding, sparsity_encoder, sparsity_classifier,
     prune_method, prune_threshold, prune_scope, prune_structured, prune_schedule,
-    finetune_epochs, imp_rounds`` and, when fine-tuning, those of :func:`trainables.distill.train`.
+    finetune_epochs, imp_rounds`` and, when fine-tuning, those of :func:`trainables.training.distill.train`.
 
     Args:
-        train_data, dev_data: :class:`trainables.distill.Encoded` splits (train with teacher
+        train_data, dev_data: :class:`trainables.training.distill.Encoded` splits (train with teacher
             logits); required when ``finetune_epochs > 0``.
-        on_epoch: passed to :func:`trainables.distill.train` (epoch numbers count across steps).
+        on_epoch: passed to :func:`trainables.training.distill.train` (epoch numbers count across steps).
         rewind_state: ``imp``: the state dict the surviving weights are reset to each round.
 
     Raises:
         ConfigError: fine-tuning requested without data, gradual or imp without fine-tuning
             epochs, or imp without ``rewind_state``.
     """
-    from trainables.distill import train
+    from trainables.training.distill import train
 
     epochs = int(config["finetune_epochs"])
     gradual = config["prune_schedule"] == "gradual"

@@ -1,4 +1,4 @@
-"""Energy meters: how many joules a window of work used, and its carbon footprint.
+"""Energy meters: how many joules a window of work used.
 
 One base class, :class:`EnergyMeter`, gives every meter the same interface (the pattern of
 accelerate's ``tracking.py``): ``start()``, ``stop() -> EnergyReading``, or a ``with`` block.
@@ -11,9 +11,8 @@ The concrete meters are thin and each reads one source:
 - :class:`UnavailableMeter`: nothing; ``joules`` is ``None`` (``unavailable``).
 
 :func:`make_meter` picks the best one the machine offers and never raises because hardware is
-missing. :func:`sum_readings` adds consecutive windows (epochs). :func:`energy_metrics` turns
-readings into the MLflow metrics and tags named in ``DESIGN.md`` (``energy_j``,
-``energy_inference_j_per_1k``, ``co2e_kg``, tag ``energy_method``).
+missing. :func:`sum_readings` adds consecutive windows (epochs); :mod:`trainables.energy.carbon`
+turns readings into the MLflow metrics and tags named in ``DESIGN.md``.
 
 A reading that could not be measured has ``joules=None`` and method ``unavailable``; it is
 never reported as 0 J.
@@ -35,22 +34,14 @@ import re
 import resource
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 log = logging.getLogger(__name__)
 
 METHODS = ("nvml_counter", "nvml_power", "rapl", "estimate", "unavailable")
-
-#: Defaults of the thesis "Best Way to Squeeze" (IST, 2021), section 3.4.
-DEFAULT_PUE = 1.59
-DEFAULT_KG_PER_KWH = 0.430
-#: Power usage effectiveness used by Strubell et al. (2019), eq. 1.
-STRUBELL_PUE = 1.58
-
-JOULES_PER_KWH = 3.6e6
-
 
 @dataclass(frozen=True)
 class EnergyReading:
@@ -81,8 +72,8 @@ class EnergyReading:
         if (self.joules is None) != (self.method == "unavailable"):
             raise ValueError("joules must be None exactly when the method is 'unavailable'")
         if self.joules is not None:
-            _check_non_negative("joules", self.joules)
-        _check_non_negative("seconds", self.seconds)
+            check_non_negative("joules", self.joules)
+        check_non_negative("seconds", self.seconds)
 
 
 class EnergyMeter:
@@ -510,92 +501,6 @@ def counter_delta(before: int, after: int, max_range: int) -> int:
     return after - before if after >= before else max_range - before + after
 
 
-def co2e_kg(joules: float, pue: float = DEFAULT_PUE,
-            kg_per_kwh: float = DEFAULT_KG_PER_KWH) -> float:
-    """Carbon dioxide equivalent of an energy use, in kg CO2e.
-
-    co2e = kWh × PUE × intensity, with kWh = joules / 3.6e6 (the thesis "Best Way to
-    Squeeze", IST 2021, section 3.4; its defaults PUE 1.59 and 0.430 kg CO2e per kWh).
-
-    Args:
-        joules: energy measured at the device, in joules.
-        pue: power usage effectiveness of the data centre (facility / IT energy, >= 1).
-        kg_per_kwh: carbon intensity of the electricity, in kg CO2e per kWh.
-
-    Raises:
-        ValueError: on a negative or non-finite input, or a PUE below 1.
-    """
-    _check_non_negative("joules", joules)
-    _check_pue(pue)
-    _check_non_negative("kg_per_kwh", kg_per_kwh)
-    return joules / JOULES_PER_KWH * pue * kg_per_kwh
-
-
-def strubell_kwh(seconds: float, watts: float, pue: float = STRUBELL_PUE) -> float:
-    """Energy in kWh as Strubell et al. (2019) compute it, for comparison with their table.
-
-    kWh = PUE × hours × watts / 1000 (Strubell, Ganesh, McCallum, "Energy and Policy
-    Considerations for Deep Learning in NLP", ACL 2019, eq. 1, where watts is the summed
-    CPU, DRAM and GPU power and PUE is 1.58).
-
-    Args:
-        seconds: training time, in seconds.
-        watts: average power, in watts.
-        pue: power usage effectiveness (>= 1).
-
-    Raises:
-        ValueError: on a negative or non-finite input, or a PUE below 1.
-    """
-    _check_non_negative("seconds", seconds)
-    _check_non_negative("watts", watts)
-    _check_pue(pue)
-    return pue * (seconds / 3600.0) * watts / 1000.0
-
-
-def energy_metrics(
-    train: EnergyReading,
-    inference: EnergyReading | None,
-    n_inference_examples: int,
-    pue: float = DEFAULT_PUE,
-    kg_per_kwh: float = DEFAULT_KG_PER_KWH,
-) -> tuple[dict[str, float], dict[str, str]]:
-    """MLflow metrics and tags for a trial's energy readings.
-
-    Metrics, each present only when measured:
-
-    - ``energy_j``: training energy, joules.
-    - ``energy_inference_j_per_1k``: inference energy per 1000 examples, joules.
-    - ``co2e_kg``: :func:`co2e_kg` of the training energy with ``pue`` and ``kg_per_kwh``.
-    - ``energy_kwh_strubell``: :func:`strubell_kwh` of the training window with its average
-      power (``energy_j`` / seconds) and Strubell's PUE 1.58 (needs a window > 0 s).
-
-    Tags: ``energy_method`` (training reading's method, always), ``energy_devices``
-    (comma-separated, when any device was measured) and ``energy_inference_method`` (when an
-    inference reading is given).
-
-    Raises:
-        ValueError: if an inference reading is given with ``n_inference_examples`` < 1, or
-            on a negative ``pue``/``kg_per_kwh`` (see :func:`co2e_kg`).
-    """
-    metrics: dict[str, float] = {}
-    tags = {"energy_method": train.method}
-    if train.devices:
-        tags["energy_devices"] = ",".join(train.devices)
-    if train.joules is not None:
-        metrics["energy_j"] = train.joules
-        metrics["co2e_kg"] = co2e_kg(train.joules, pue, kg_per_kwh)
-        if train.seconds > 0:
-            watts = train.joules / train.seconds
-            metrics["energy_kwh_strubell"] = strubell_kwh(train.seconds, watts)
-    if inference is not None:
-        if n_inference_examples < 1:
-            raise ValueError(f"n_inference_examples must be >= 1, got {n_inference_examples}")
-        tags["energy_inference_method"] = inference.method
-        if inference.joules is not None:
-            metrics["energy_inference_j_per_1k"] = inference.joules / n_inference_examples * 1000.0
-    return metrics, tags
-
-
 def process_cpu_seconds() -> float:
     """User + system CPU time of this process and its waited-for children, in seconds."""
     own = resource.getrusage(resource.RUSAGE_SELF)
@@ -693,11 +598,7 @@ def _import_pynvml() -> Any:
     return pynvml
 
 
-def _check_non_negative(name: str, value: float) -> None:
+def check_non_negative(name: str, value: float) -> None:
+    """Raise ``ValueError`` unless ``value`` is a finite number >= 0 (``name`` says which)."""
     if not (math.isfinite(value) and value >= 0):
         raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-
-
-def _check_pue(pue: float) -> None:
-    if not (math.isfinite(pue) and pue >= 1):
-        raise ValueError(f"pue must be >= 1 (facility energy / IT energy), got {pue}")

@@ -16,11 +16,11 @@ training set holds. Each synthetic example is made from one training sentence w_
    so a sentence yields at most ``augment_n`` examples. Pair tasks (QQP, MNLI) cycle through
    augmenting the first sentence only, the second only, and both (the paper's rule).
 
-Sentences are split with :func:`trainables.embeddings.words` (lower-cased words and punctuation)
+Sentences are split with :func:`trainables.data.text.words` (lower-cased words and punctuation)
 and joined with single spaces, which every encoder here and the teacher's WordPiece tokenizer
 split back into the same tokens; ``[MASK]`` is the teacher's mask token and one unknown token
 to the students. The teacher labels the synthetic examples in length-sorted batches under bf16
-autocast on CPU (:func:`trainables.teacher.compute_logits`, with a progress bar); their gold
+autocast on CPU (:func:`trainables.data.teacher.compute_logits`, with a progress bar); their gold
 label (used by the ``alpha`` cross-entropy term) is the teacher's argmax.
 
 Cost and caching: :func:`build_augmented` measures wall time (seconds) and energy (joules,
@@ -28,7 +28,7 @@ Cost and caching: :func:`build_augmented` measures wall time (seconds) and energ
 and caches it as one ``.npz`` (no pickle) under ``<cache>/augment/``, keyed by teacher id,
 training-data hash, rows, n, p, p_ng and seed. A search prepares every (augment_n, augment_p) its
 space can produce in the driver (:func:`prepare_for_space`) and stores them in
-:attr:`trainables.pipeline.TrialData.augmented`; a trial only selects the synthetic rows made from
+:attr:`trainables.trial.TrialData.augmented`; a trial only selects the synthetic rows made from
 its own training rows (:func:`transfer_set`) and logs ``augment_time_s``, ``augment_energy_j``
 (when measured) and ``augment_rows``, with tags ``augment_energy_method`` and ``augment_cache``.
 
@@ -44,16 +44,16 @@ import hashlib
 import json
 import logging
 import os
-import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from trainables.config import ConfigError
-from trainables.data import Split
-from trainables.embeddings import words
+from trainables.data.glue import Split
+from trainables.data.text import glove_index, words
+from trainables.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -113,9 +113,7 @@ def glove_neighbours(vocabulary: Sequence[str], k: int = NEIGHBOURS,
     Returns:
         word -> its neighbours, nearest first.
     """
-    from trainables.embeddings import _glove_index
-
-    index, vectors = _glove_index()
+    index, vectors = glove_index()
     found = sorted({w for w in vocabulary if w in index})
     if not found:
         return {}
@@ -136,9 +134,7 @@ def glove_neighbours(vocabulary: Sequence[str], k: int = NEIGHBOURS,
 
 
 def _glove_words(count: int) -> list[str]:
-    from trainables.embeddings import _glove_index
-
-    index, _ = _glove_index()
+    index, _ = glove_index()
     words_by_row = [""] * min(count, len(index))
     for w, i in index.items():
         if i < len(words_by_row):
@@ -226,10 +222,10 @@ def label_with_teacher(model: Any, tokenizer: Any, task: str, text_a: list[str],
     """Teacher logits (m, num_labels) float32 of the synthetic examples, in their order.
 
     Batches are formed over the examples sorted by length (less padding) and the logits are put
-    back in input order; :func:`trainables.teacher.compute_logits` adds bf16 autocast and a
+    back in input order; :func:`trainables.data.teacher.compute_logits` adds bf16 autocast and a
     progress bar.
     """
-    from trainables.teacher import compute_logits
+    from trainables.data.teacher import compute_logits
 
     lengths = [len(a) + (len(text_b[i]) if text_b is not None else 0) for i, a in enumerate(text_a)]
     order = np.argsort(lengths, kind="stable")
@@ -251,7 +247,7 @@ def cache_key(teacher_id: str, train: Split, rows: np.ndarray | None, n: int, p:
 
 
 def _cache_path(cache_dir: str | Path | None, task: str, key: str) -> Path:
-    from trainables.teacher import default_cache_dir
+    from trainables.data.teacher import default_cache_dir
 
     return Path(cache_dir or default_cache_dir()) / "augment" / f"{task}-{key}.npz"
 
@@ -282,11 +278,11 @@ def build_augmented(train: Split, teacher: str, n: int, p: float, seed: int = 0,
 
     Args:
         train: the training split.
-        teacher: teacher folder or hub name (its :func:`~trainables.teacher.teacher_id` keys the cache).
+        teacher: teacher folder or hub name (its :func:`~trainables.data.teacher.teacher_id` keys the cache).
         n, p: ``augment_n`` (>= 1) and ``augment_p``.
         seed: seeds the generator of the rules.
         rows: indices of the training rows to augment (``None``: all).
-        cache_dir: cache root (default :func:`trainables.teacher.default_cache_dir`).
+        cache_dir: cache root (default :func:`trainables.data.teacher.default_cache_dir`).
         cpu_watts_per_core: enables the labelled CPU-time energy estimate (watts per core).
         teacher_model: an already loaded ``(model, tokenizer)`` (else it is loaded on a cache miss).
 
@@ -297,7 +293,7 @@ def build_augmented(train: Split, teacher: str, n: int, p: float, seed: int = 0,
         ConfigError: bad n or p, or a teacher that cannot be loaded or does not fit the task.
     """
     from trainables import energy
-    from trainables.teacher import load_teacher, teacher_id
+    from trainables.data.teacher import load_teacher, teacher_id
 
     if n < 1:
         raise ConfigError(f"augment_n must be at least 1 to build an augmented set, got {n}")
@@ -364,7 +360,7 @@ def augment_grid(space: Any) -> list[tuple[int, float]]:
 
 
 def rows_for_space(space: Any, n_train: int) -> np.ndarray | None:
-    """Training rows the trials of ``space`` can use (``None``: all), as :func:`trainables.pipeline._run` picks them.
+    """Training rows the trials of ``space`` can use (``None``: all), as :func:`trainables.trial.stages.prepare` picks them.
 
     A trial with ``max_train_examples = m`` uses the first m rows of a permutation seeded by its
     ``seed``; the union over the space's seeds of the largest prefix is returned.
@@ -385,11 +381,11 @@ def rows_for_space(space: Any, n_train: int) -> np.ndarray | None:
 def prepare_augmented(data: Any, teacher: str, grid: Sequence[tuple[int, float]], rows: np.ndarray | None = None,
                       seed: int = 0, cache_dir: str | Path | None = None,
                       cpu_watts_per_core: float | None = None, progress: bool = True) -> Any:
-    """Fill ``data.augmented`` (a :class:`~trainables.pipeline.TrialData`) for every ``(n, p)`` of ``grid``.
+    """Fill ``data.augmented`` (a :class:`~trainables.trial.TrialData`) for every ``(n, p)`` of ``grid``.
 
     The teacher is loaded once, and only when a set is not cached. Returns ``data``.
     """
-    from trainables.teacher import load_teacher, teacher_id
+    from trainables.data.teacher import load_teacher, teacher_id
 
     tid, teacher_model = teacher_id(teacher), None
     for n, p in grid:
@@ -436,7 +432,7 @@ def transfer_set(data: Any, cfg: Mapping[str, Any], rows: np.ndarray | None
     """A trial's training set: its rows of ``data.train`` plus the synthetic rows made from them.
 
     Args:
-        data: the :class:`~trainables.pipeline.TrialData`.
+        data: the :class:`~trainables.trial.TrialData`.
         cfg: the resolved trial config (``augment_n``, ``augment_p``).
         rows: the trial's training rows (``None``: all).
 

@@ -16,7 +16,7 @@ Methods (config ``quant_method``):
 
   A zero weight (pruned) gets ``q = Z`` and dequantizes to exactly +0.0, so sparsity survives.
   ``round`` is round-half-to-even (``torch.round``). The student then runs in float32 on the
-  dequantized weights ``w'``; :mod:`trainables.packed` stores ``q``, ``S`` and ``Z`` and restores
+  dequantized weights ``w'``; :mod:`trainables.formats.packed` stores ``q``, ``S`` and ``Z`` and restores
   ``w'`` bit for bit.
 - ``int8_dynamic``: the weights are stored as for ``affine``, and at run time the LSTM and
   Linear modules run as torch int8 dynamic-quantized modules (int8 weights per output channel with
@@ -25,7 +25,7 @@ Methods (config ``quant_method``):
   int8); use 8 bits. Elman RNNs have no dynamic int8 kernel in torch and stay float32.
 - ``fp16``: every floating-point tensor (biases too) is stored in float16 (bits keys unused).
 
-Only tensors with >= 2 dimensions (:func:`trainables.prune.prunable_tensors`) are affine
+Only tensors with >= 2 dimensions (:func:`trainables.compression.prune.prunable_tensors`) are affine
 quantized; biases stay float32 (``affine``/``int8_dynamic``).
 
 Quantization-aware training (``qat_epochs`` > 0; Jacob et al. 2018, section 3): the student is
@@ -44,15 +44,17 @@ Example:
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from trainables.config import BITS_ALLOWED, ConfigError
-from trainables.prune import prunable_tensors
+from trainables.compression.prune import prunable_tensors
+from trainables.config import BITS_ALLOWED
+from trainables.errors import ConfigError
 
 SCALE_DTYPE = torch.float16  # per-row scales S
 ZERO_DTYPE = torch.uint8     # per-row zero points Z (bits <= 8)
@@ -233,7 +235,7 @@ class QuantizeResult:
         tensors: state-dict key -> :class:`AffineTensor` / :class:`HalfTensor` (keys absent: float32).
         plan: state-dict key -> bits (:func:`quant_plan`).
         runtime: ``int8_dynamic`` or ``float32`` (how the stored student runs).
-        history, train_time_s: QAT epochs (:class:`trainables.distill.TrainResult`), seconds.
+        history, train_time_s: QAT epochs (:class:`trainables.training.distill.TrainResult`), seconds.
     """
 
     tensors: dict[str, Quantized]
@@ -253,12 +255,12 @@ def quantize_student(model: nn.Module, config: Mapping[str, Any], train_data: An
     the CPU (as the loader decodes them), whatever that device.
 
     Uses config keys ``quant_method, bits_embedding, bits_encoder, bits_classifier,
-    qat_epochs`` and, for QAT, those of :func:`trainables.distill.train`.
+    qat_epochs`` and, for QAT, those of :func:`trainables.training.distill.train`.
 
     Raises:
         ConfigError: bad bits/method, or QAT without data.
     """
-    from trainables.distill import train
+    from trainables.training.distill import train
 
     plan = quant_plan(model, config)
     result = QuantizeResult({}, plan, "int8_dynamic" if config["quant_method"] == "int8_dynamic" else "float32")
