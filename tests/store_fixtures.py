@@ -1,4 +1,4 @@
-"""Fixtures: a real sqlite MLflow store in tmp_path, filled with synthetic searches shaped like run_search's (loaded by tests/conftest.py)."""
+"""Fixtures (loaded by tests/conftest.py): a real sqlite MLflow store filled with searches shaped like run_search's."""
 
 from __future__ import annotations
 

@@ -82,7 +82,7 @@ PARAMS: dict[str, Param] = {
     "stages": Param("str", "distill", help="comma-separated subset of distill,prune,quantize, in that order"),
     "init_run_id": Param("str", "", help="start from the student saved by this MLflow run of the same store "
                                          "(further compression of a selected student); '' = a new student"),
-    # transfer-set augmentation (trainables/augment.py; Tang et al. 2019, section 3.3)
+    # transfer-set augmentation (trainables/data/augment.py; Tang et al. 2019, section 3.3)
     "augment_n": Param("int", 0, low=0, high=1000,
                        help="synthetic examples per training sentence, labelled by the teacher; 0 = off"),
     "augment_p": Param("float", 0.1, low=0.0, high=0.5,
@@ -92,7 +92,7 @@ PARAMS: dict[str, Param] = {
                                 help="student=transformer: the teacher's first k encoder layers kept"),
     "pkd_beta": Param("float", 0.0, low=0.0, high=100_000.0,
                       help="student=transformer: weight of the Patient-KD [CLS] loss (PKD-Skip); 0 = off"),
-    # pruning (stage "prune"; trainables/prune.py; Featherweight thesis chapter 6, Table 6.3)
+    # pruning (stage "prune"; trainables/compression/prune.py; Featherweight thesis chapter 6, Table 6.3)
     "sparsity": Param("float", 0.5, low=0.0, high=0.99,
                       help="fraction of prunable weights set to zero (global scope, and default of each part)"),
     "sparsity_embedding": Param("float", None, low=0.0, high=0.99,
@@ -121,7 +121,7 @@ PARAMS: dict[str, Param] = {
                           help="imp: rewind surviving weights to their values after this distillation epoch "
                                "(0 = the weights distillation started from; an early stop: its last epoch; "
                                "Frankle et al. 2020)"),
-    # quantization (stage "quantize"; trainables/quantize.py)
+    # quantization (stage "quantize"; trainables/compression/quantize.py)
     "quant_method": Param("str", "affine", ("affine", "int8_dynamic", "fp16"),
                           help="affine: b-bit per-row weights; int8_dynamic: also torch int8 kernels; fp16: half"),
     "bits_embedding": Param("int", 8, low=2, high=32, help="embedding weight bits: 2-8 (affine), 16 (fp16) or 32 (kept)"),

@@ -89,7 +89,7 @@ def test_close_search_tags_errors_and_finds_the_search(store):
 def test_cluster_helpers(tmp_path):
     assert runtime_env(None) is None
     env = runtime_env("127.0.0.1:6379")
-    assert (Path(env["working_dir"]) / "trainables" / "pipeline.py").is_file()
+    assert (Path(env["working_dir"]) / "trainables" / "trial" / "stages.py").is_file()
     assert ".git" in env["excludes"]
     assert resolve_storage_path("s3://bucket/dir") == "s3://bucket/dir"
     assert resolve_storage_path(str(tmp_path / "a" / "b")) == str(tmp_path / "a" / "b")

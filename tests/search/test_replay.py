@@ -6,8 +6,8 @@ import numpy as np
 import yaml
 
 from analysis import export_configs, load_trials
-from search.replay import replay
 from search.mlflow_store import ROLE_TAG, start_parent_run
+from search.replay import replay
 
 # a fast trial: 2,000 shuffled training rows (max_train_examples), full dev set, one epoch
 CONFIG = {"task": "sst2", "seed": 0, "student": "ffn", "embedding": "hash", "embedding_dim": 25, "vocab_size": 500,

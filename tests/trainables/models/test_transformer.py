@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import TEACHERS
 from trainables.config import resolve_config
 from trainables.data.glue import Split, load_split
 from trainables.errors import ConfigError
+from trainables.formats.transformer import FORMAT
 from trainables.models.transformer import (
-    FORMAT,
     from_teacher,
     pkd_layer_map,
     pkd_loss,
@@ -18,8 +19,6 @@ from trainables.models.transformer import (
     teacher_cls_states,
 )
 from trainables.training.encoded import encode_split, predict
-
-TEACHERS = Path(__file__).resolve().parents[2].parent / "shared" / "teachers"
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +123,7 @@ def test_pruned_and_quantized_transformer_student_packs_and_reloads_exactly(sst2
     from trainables.compression.prune import PARTS, prunable_tensors, prune_student, sparsity_by_part
     from trainables.compression.quantize import quantize_student, to_int8_dynamic
     from trainables.formats import load_student, packed
-    from trainables.models.transformer import save_transformer
+    from trainables.formats.transformer import save_transformer
 
     cfg = _cfg(transformer_layers=1, stages="distill,prune,quantize", sparsity=0.5, bits_embedding=4)
     encoder, model = from_teacher(str(sst2_teacher), cfg, 2, pair=False)

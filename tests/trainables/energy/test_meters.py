@@ -1,4 +1,4 @@
-"""Tests of trainables/energy.py over a fake powercap tree and a fake NVML module."""
+"""Tests of trainables/energy/meters.py over a fake powercap tree and a fake NVML module."""
 
 from __future__ import annotations
 

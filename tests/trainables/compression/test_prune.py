@@ -1,4 +1,4 @@
-"""Tests of trainables/prune.py on real students (torch.nn.utils.prune underneath)."""
+"""Tests of trainables/compression/prune.py on real students (torch.nn.utils.prune underneath)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests of trainables/quantize.py: affine per-row quantization, QAT, the torch.ao adapter."""
+"""Tests of trainables/compression/quantize.py: affine per-row quantization, QAT, the torch.ao adapter."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests of trainables/packed.py: byte counts by hand, exact round trips, no pickle, the pipeline."""
+"""Tests of trainables/formats/packed.py: byte counts by hand, exact round trips, no pickle, the pipeline."""
 
 from __future__ import annotations
 
