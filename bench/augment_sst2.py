@@ -1,6 +1,6 @@
 """Benchmark: does a teacher-labelled augmented transfer set make a better SST-2 BiLSTM student?
 
-Acceptance (issue 7): on SST-2 with the shared MiniLM teacher, a BiLSTM student distilled on a
+The question: on SST-2 with the shared MiniLM teacher, a BiLSTM student distilled on a
 training subset plus N synthetic examples per sentence (Tang et al. 2019, section 3.3; rules in
 :mod:`trainables.data.augment`) has a higher mean dev accuracy over 3 seeds than the same config
 distilled on the subset alone.

@@ -1,8 +1,8 @@
 """Benchmark: does compression keep a BiLSTM SST-2 student's accuracy at a fraction of its size?
 
-Acceptance (issue 3): a BiLSTM student pruned to 50% and quantized to 8 bits has ``size_bytes``
-at most 30% of its float32 artifact and dev accuracy within 1 pp of the uncompressed student;
-the same at 4 bits within 2 pp.
+The target: a BiLSTM student pruned to 50% and quantized to 8 bits has ``size_bytes`` at most 30%
+of its float32 artifact and dev accuracy within 1 pp of the uncompressed student; the same at
+4 bits within 2 pp.
 
 Each run is one :func:`trainables.trial.run_trial` with stages ``distill,prune,quantize``
 (50% Top-V, local, every part; then 8 or 4 bits on every part), so the uncompressed (``distill_``),
@@ -11,24 +11,28 @@ saved files. The distillation is seeded and repeats exactly in both runs (checke
 file is also run through torch's int8 dynamic kernels for a latency comparison.
 
 Usage:
-    python -m bench.compress_sst2 [--train-rows 20000] [--epochs 2] [--threads 2] [--json out.json]
+    python -m bench.compress_sst2 --quick      # 3,000 training rows, 1 epoch, 2 latency rounds
+    python -m bench.compress_sst2              # 20,000 training rows, 2 epochs
+    python -m bench.compress_sst2 [--train-rows N] [--epochs E] [--threads 2] [--json out.json]
 
 Prints one table per bit width (accuracy, file and gzip bytes, non-zero weights, and latency as
 measured inside each trial), then a CPU speed table of the saved students measured in
 interleaved rounds (best round kept, 1 thread by default: the numbers in the trial tables are
 taken while other processes may load the CPU).
 
-Teacher: /work/shared/teachers/minilm-l6-sst2 (logits shipped), data: /work/shared/data/glue.
+Ends with a ``SUMMARY:`` line and logs one MLflow run to the experiment ``bench-compress_sst2``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import time
 from pathlib import Path
 
+import pandas as pd
+
+from bench._common import check_tracking, describe_load, log_run, main_guard, parser
 from trainables.compression.quantize import to_int8_dynamic
 from trainables.data.glue import load_split
 from trainables.data.teacher import teacher_id, teacher_logits, teacher_size_bytes
@@ -38,29 +42,31 @@ from trainables.training.encoded import encode_split, predict
 from trainables.training.metrics import accuracy_percent, inference_speed
 from trainables.trial import RunSettings, TrialData, run_trial
 
-ROOT = Path(__file__).resolve().parent.parent
-
-SHARED = ROOT.parent / "shared"
 STAGES = ("distill", "prune", "quantize")
 SHOWN = ("accuracy", "size_bytes", "gzip_bytes", "nonzero_params", "latency_ms", "throughput")
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data-dir", default=str(SHARED / "data" / "glue"))
-    ap.add_argument("--teacher", default=str(SHARED / "teachers" / "minilm-l6-sst2"))
-    ap.add_argument("--train-rows", type=int, default=20000)
-    ap.add_argument("--epochs", type=int, default=2)
+    ap = parser(__doc__)
+    ap.add_argument("--train-rows", type=int, default=None, help="training rows (default 20,000; --quick 3,000)")
+    ap.add_argument("--epochs", type=int, default=None, help="distillation epochs (default 2; --quick 1)")
     ap.add_argument("--finetune-epochs", type=int, default=1, help="distillation epochs after pruning")
     ap.add_argument("--qat-epochs", type=int, default=1, help="quantization-aware epochs of the 4-bit run")
     ap.add_argument("--bits", type=int, nargs="+", default=[8, 4])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--latency-threads", type=int, default=1, help="torch threads of the final latency table")
-    ap.add_argument("--latency-rounds", type=int, default=5,
-                    help="interleaved rounds of the final latency table (best round kept: the CPU is shared)")
+    ap.add_argument("--latency-rounds", type=int, default=None,
+                    help="interleaved rounds of the final latency table (best round kept; default 5, --quick 2)")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args(argv)
+    quick = args.quick
+    args.train_rows = args.train_rows if args.train_rows is not None else (3000 if quick else 20000)
+    args.epochs = args.epochs if args.epochs is not None else (1 if quick else 2)
+    args.latency_rounds = args.latency_rounds or (2 if quick else 5)
+    check_tracking(args.tracking_uri)  # before any training
+    describe_load("start")
+    started = time.perf_counter()
 
     train, dev = load_split("sst2", "train", args.data_dir), load_split("sst2", "dev", args.data_dir)
     data = TrialData(train, dev, teacher_logits(args.teacher, train, progress=False),
@@ -97,6 +103,19 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"distillation repeated exactly across runs: {results['distillation_repeats_exactly']}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
+    rows = [{"bits": b, "stage": stage, **run[stage]} for b, run in results["runs"].items() for stage in STAGES]
+    metrics = {}
+    for b, run in results["runs"].items():
+        d, q = run["distill"], run["quantize"]
+        metrics[f"bits{b}_size_fraction"] = q["size_bytes"] / d["size_bytes"]
+        metrics[f"bits{b}_accuracy_change_pp"] = q["accuracy"] - d["accuracy"]
+    metrics["wall_s"] = time.perf_counter() - started
+    log_run("compress_sst2", args.tracking_uri, {k: v for k, v in vars(args).items()}, metrics,
+            {"stages.csv": pd.DataFrame(rows)})
+    print("SUMMARY: " + "; ".join(
+        f"{b}-bit + 50% pruned: {metrics[f'bits{b}_size_fraction']:.1%} of the fp32 file, "
+        f"{metrics[f'bits{b}_accuracy_change_pp']:+.2f} pp" for b in results["runs"])
+        + f" ({args.train_rows:,} training rows, {args.epochs} epochs, {metrics['wall_s']:.0f} s)")
     return results
 
 
@@ -154,4 +173,4 @@ def report(bits: int, run: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    main_guard(main)

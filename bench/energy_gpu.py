@@ -1,7 +1,7 @@
 """Benchmark: training energy of one SST-2 trial on a GPU, by NVML energy counter and by power sampling.
 
-Acceptance (issue 5, item 3): on a GPU, run one SST-2 trial and state the measured training
-joules by the energy counter and by power sampling; they should agree within 10%.
+On a GPU, one SST-2 trial's measured training joules by the energy counter and by power
+sampling; the two methods should agree within 10%.
 
 Two measurements of a BiLSTM student distilled from the SST-2 teacher's logits:
 

@@ -79,7 +79,7 @@ def test_teacher_labels_are_cached_by_key(sst2_teacher, sst2_splits, tmp_path, m
     aug = build_augmented(train, str(sst2_teacher), n=2, p=0.2, seed=0, rows=rows, cache_dir=tmp_path, progress=False)
     assert not aug.cached and len(aug) > 12 and set(aug.source) <= set(rows)
     assert aug.logits.shape == (len(aug), 2) and aug.seconds > 0
-    assert aug.energy_method == "unavailable" and aug.joules is None  # no meter on this CPU box: never 0 J
+    assert aug.energy_method == "unavailable" and aug.joules is None  # no meter without NVML or readable RAPL: never 0 J
     model, tok = load_teacher(str(sst2_teacher))
     direct = compute_logits(model, tok, Split("sst2", "x", aug.text_a, None, np.zeros(len(aug), np.int64), "-"),
                             batch_size=7, progress=False)
