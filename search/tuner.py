@@ -185,7 +185,12 @@ def plan_search(opts: SearchOptions) -> Plan:
                 raise ConfigError("no objective left once energy is dropped; add e.g. val_accuracy:max")
     if opts.hv_reference is not None:
         parse_reference(opts.hv_reference, objectives)
-    return Plan(opts, task, space, objectives, teacher, tracking_uri, artifact_root, dropped, storage_path, notes)
+    plan = Plan(opts, task, space, objectives, teacher, tracking_uri, artifact_root, dropped, storage_path, notes)
+    if opts.scheduler == "moasha":
+        scheduler_objectives(plan)
+        if max_epochs(space) < 2:
+            plan.notes.append("every trial runs 1 epoch: the scheduler has no rung to stop a trial at")
+    return plan
 
 
 def _load_space(path: str) -> Space:
@@ -281,6 +286,62 @@ def _local_or_name(path_or_name: str) -> str:
     return str(path.resolve()) if path.exists() else path_or_name
 
 
+#: Metrics every epoch report carries, so the scheduler can rank trials at a rung on them.
+EPOCH_METRICS = ("val_accuracy", "size_bytes", "gzip_bytes", "energy_j")
+
+
+def max_epochs(space: Space) -> int:
+    """The most distillation epochs a trial of ``space`` can run (the scheduler's ``max_t``)."""
+    from trainables.config import PARAMS
+
+    if "epochs" in space.fixed:
+        return int(space.fixed["epochs"])
+    dist = space.params.get("epochs")
+    if dist is None:
+        return int(PARAMS["epochs"].default)
+    if dist.kind == "choice":
+        return max(int(v) for v in dist.args)
+    return int(dist.args[1])
+
+
+def scheduler_objectives(plan: Plan) -> dict[str, str]:
+    """The search objectives the multi-objective scheduler ranks a rung on (those in every epoch report).
+
+    Raises:
+        ConfigError: ``--scheduler moasha`` with no objective reported per epoch.
+    """
+    objs = {k: v for k, v in plan.objectives.items() if k in EPOCH_METRICS}
+    if not objs:
+        raise ConfigError(f"--scheduler moasha ranks trials on objectives reported every epoch "
+                          f"({', '.join(EPOCH_METRICS)}); the search's are {', '.join(plan.objectives)}")
+    return objs
+
+
+def make_scheduler(plan: Plan, board: str) -> Any:
+    """The Tune scheduler of ``--scheduler``: ``None`` (FIFO: every trial runs all its epochs) or
+    :class:`search.moasha.MOASHAScheduler` in graceful mode (decisions published to ``board``)."""
+    if plan.options.scheduler == "fifo":
+        return None
+    from search.moasha import MOASHAScheduler
+
+    objs = scheduler_objectives(plan)
+    return MOASHAScheduler(list(objs), list(objs.values()), time_attr="epoch", max_t=max_epochs(plan.space),
+                           grace_period=plan.options.grace_period, reduction_factor=plan.options.reduction_factor,
+                           decision_board=board)
+
+
+def make_stopper(plan: Plan, board: str) -> Any:
+    """The trainable's ``should_stop`` (:class:`search.budget.TrialStopper`): the scheduler's
+    decisions (``--scheduler moasha``) and the deadline of ``--time-budget-s``."""
+    from search.budget import TrialStopper
+    from search.moasha import RungDecisionClient
+
+    opts = plan.options
+    client = RungDecisionClient(board) if opts.scheduler == "moasha" else None
+    deadline = time.time() + opts.time_budget_s if opts.time_budget_s else None
+    return TrialStopper(client, deadline)
+
+
 def hv_reference(plan: Plan, data: Any) -> list[float]:
     """The search's hypervolume reference point on :func:`analysis.pareto.hv_scale`: ``--hv-reference``,
     else the fixed point of the task (:func:`analysis.pareto.task_reference`: the dev set's
@@ -373,28 +434,40 @@ def run_search(opts: SearchOptions) -> pd.DataFrame:
     print(f"Ray Tune: experiment state in {tune_path} (resume with: python run_search.py resume --experiment "
           f"{opts.experiment} --tracking-uri {plan.tracking_uri})", flush=True)
 
+    board = decision_board(tune_name)
+
     def build(trainable: Any) -> Any:
         from ray.tune.search.optuna import OptunaSearch
+
+        from search.budget import DeadlineSearcher
 
         searcher = OptunaSearch(metric=list(plan.objectives), mode=list(plan.objectives.values()),
                                 sampler=make_sampler(opts.sampler, opts.seed, opts.num_samples), study_name=tune_name,
                                 points_to_evaluate=_initial_points(plan))
+        if opts.time_budget_s:
+            searcher = DeadlineSearcher(searcher, opts.time_budget_s)
+        scheduler = make_scheduler(plan, board)
+        callbacks = [HypervolumeLogger(plan.tracking_uri, parent_id, plan.objectives, reference)]
+        if scheduler is not None:
+            callbacks.append(scheduler.state_callback())  # the rung records survive a killed driver
         return tune.Tuner(
             trainable,
             param_space=plan.space.tune_space(),
-            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=make_scheduler(plan),
-                                        num_samples=opts.num_samples, max_concurrent_trials=opts.max_concurrent,
-                                        time_budget_s=opts.time_budget_s, reuse_actors=True),
-            run_config=tune.RunConfig(name=tune_name, storage_path=plan.storage_path,
-                                      callbacks=[HypervolumeLogger(plan.tracking_uri, parent_id, plan.objectives,
-                                                                   reference)],
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=opts.num_samples,
+                                        max_concurrent_trials=opts.max_concurrent, reuse_actors=True),
+            run_config=tune.RunConfig(name=tune_name, storage_path=plan.storage_path, callbacks=callbacks,
                                       failure_config=tune.FailureConfig(max_failures=opts.max_failures),
                                       # a retry or resume needs only a trial's latest epoch checkpoint
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
                                       verbose=opts.verbose),
         )
 
-    return execute_search(plan, data, client, experiment_id, parent_id, search_id, build)
+    return execute_search(plan, data, client, experiment_id, parent_id, search_id, build, make_stopper(plan, board))
+
+
+def decision_board(tune_name: str) -> str:
+    """The name of the Ray actor through which the scheduler tells trials to stop (one per search)."""
+    return f"featherweight-moasha-{tune_name}"
 
 
 def print_notes(plan: Plan) -> None:
@@ -418,7 +491,8 @@ def recorded_options(plan: Plan) -> dict[str, Any]:
 
 
 def execute_search(plan: Plan, data: Any, client: Any, experiment_id: str, parent_id: str, search_id: str,
-                   build: Callable[[Any], Any]) -> pd.DataFrame:
+                   build: Callable[[Any], Any], should_stop: Callable[[str, int], str | None] | None = None
+                   ) -> pd.DataFrame:
     """Run the Tuner that ``build(trainable)`` returns (new or restored), then close the search's runs.
 
     Trials that fail (after ``--max-failures`` retries) do not stop the search: Tune returns them
@@ -442,7 +516,8 @@ def execute_search(plan: Plan, data: Any, client: Any, experiment_id: str, paren
     tracking = {"tracking_uri": plan.tracking_uri, "experiment_id": experiment_id, "parent_run_id": parent_id,
                 "settings": settings,
                 "earlier_attempts": functools.partial(mlflow_store.close_earlier_attempts,
-                                                      experiment_id=experiment_id, parent_run_id=parent_id)}
+                                                      experiment_id=experiment_id, parent_run_id=parent_id),
+                "should_stop": should_stop}
     # Tune saves its experiment state (trials, searcher) every TUNE_GLOBAL_CHECKPOINT_S; "auto" means >= 10 s,
     # and a trial created after the last save is unknown to a resume. 1 s keeps that window far below a trial.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
@@ -457,7 +532,10 @@ def execute_search(plan: Plan, data: Any, client: Any, experiment_id: str, paren
                                         {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
         results = build(trainable).fit()
         errors = trial_errors(results)
-        status = "KILLED" if interrupted(results, opts.num_samples) else "FINISHED"
+        status = "KILLED" if interrupted(results, opts.num_samples, bool(opts.time_budget_s)) else "FINISHED"
+        if opts.time_budget_s and status == "FINISHED" and len(results) < opts.num_samples:
+            print(f"\nthe time budget of {opts.time_budget_s:g} s is spent: {len(results)} of {opts.num_samples} "
+                  f"trials ran", flush=True)
     except KeyboardInterrupt:
         status = "KILLED"
         raise
@@ -480,13 +558,15 @@ def execute_search(plan: Plan, data: Any, client: Any, experiment_id: str, paren
     return front
 
 
-def interrupted(results: Any, num_samples: int) -> bool:
+def interrupted(results: Any, num_samples: int, time_budget: bool = False) -> bool:
     """Whether Tune returned before every trial ended (Ctrl-C: Tune saves its state and returns).
 
     ``results`` is a ``tune.ResultGrid``: its ``num_terminated`` and ``num_errors`` count the
-    trials that ended.
+    trials that ended. With a time budget, a search that started fewer than ``num_samples``
+    trials and ended them all finished (its budget was spent), it was not interrupted.
     """
-    return results.num_terminated + results.num_errors < num_samples
+    ended = results.num_terminated + results.num_errors
+    return ended < (len(results) if time_budget else num_samples)
 
 
 def trial_errors(results: Any) -> dict[str, str]:

@@ -66,9 +66,10 @@ from trainables.trial.state import RunSettings, TrialData, seed_everything, with
 log = logging.getLogger(__name__)
 
 #: ``report(metrics, checkpoint folder)`` after each epoch, ``report(final metrics, None)`` at the end.
-#: An epoch's call returns ``True`` to stop distillation after that epoch (a scheduler's decision,
-#: a time budget): the trial then finishes as usual from its best epoch, tagged ``early_stopped``.
-ReportFn = Callable[[dict[str, Any], "Path | None"], "bool | None"]
+#: An epoch's call returns a reason (e.g. ``"scheduler"``, ``"time_budget"``) to stop distillation
+#: after that epoch: the trial then finishes as usual from its best epoch, tagged ``early_stopped``,
+#: ``stopped_at_epoch`` and ``stop_reason``; ``None`` (or ``""``) continues.
+ReportFn = Callable[[dict[str, Any], "Path | None"], "str | None"]
 
 
 @dataclass
@@ -333,6 +334,7 @@ class _EpochCheckpointer:
     def __init__(self, state: TrialState):
         self.state = state
         self.train_state: TrainState | None = None
+        self.stop_reason: str | None = None
 
     def on_state(self, train_state: TrainState) -> None:
         self.train_state = train_state
@@ -353,9 +355,9 @@ class _EpochCheckpointer:
         write_progress(s.checkpoint_dir, self.train_state, so_far, s.rows)
         if s.imp and row["epoch"] <= s.cfg["rewind_epoch"]:  # overwritten up to `rewind_epoch` (or an early stop)
             _keep_rewind_point(s, int(row["epoch"]))
-        stop = bool(s.report(metrics, s.checkpoint_dir)) if s.report is not None else False
+        self.stop_reason = (s.report(metrics, s.checkpoint_dir) or None) if s.report is not None else None
         s.meter.start()
-        return stop
+        return self.stop_reason is not None
 
 
 def distill_stage(state: TrialState, resume: TrainState | None = None) -> None:
@@ -369,7 +371,8 @@ def distill_stage(state: TrialState, resume: TrainState | None = None) -> None:
     state.train_time_s, state.best_epoch = result.train_time_s, result.best_epoch
     state.stopped_at_epoch = result.stopped_at_epoch
     if result.stopped_at_epoch is not None:
-        state.tracker.set_tags({"early_stopped": "true", "stopped_at_epoch": str(result.stopped_at_epoch)})
+        state.tracker.set_tags({"early_stopped": "true", "stopped_at_epoch": str(result.stopped_at_epoch),
+                                "stop_reason": str(epochs.stop_reason)})
 
 
 def _stage_logger(tracker: Tracker, stage: str) -> Callable[[dict[str, float]], None]:

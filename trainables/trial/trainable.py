@@ -65,16 +65,13 @@ def tune_trainable(config: dict[str, Any], data: TrialData, tracking: Mapping[st
 
     should_stop = tracking.get("should_stop")
 
-    def report(metrics: dict[str, Any], ckpt: Path | None) -> bool:
+    def report(metrics: dict[str, Any], ckpt: Path | None) -> str | None:
         if ckpt is not None:
             report_epoch(metrics, ckpt)
-            reason = should_stop(ctx.get_trial_id(), int(metrics["epoch"])) if should_stop is not None else None
-            if reason:
-                tracker.set_tags({"stop_reason": str(reason)})
-            return bool(reason)
+            return should_stop(ctx.get_trial_id(), int(metrics["epoch"])) if should_stop is not None else None
         numeric = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
         tune.report({**numeric, "mlflow_run_id": tracker.run_id, "energy_method": metrics.get("energy_method")})
-        return False
+        return None
 
     workdir = ctx.get_trial_dir() or tempfile.mkdtemp(prefix="featherweight-trial-")
     os.makedirs(workdir, exist_ok=True)
