@@ -268,7 +268,8 @@ def prepare(cfg: dict[str, Any], data: TrialData, device: str = "cpu",
     """Stage 2: build a trial's student and its encoded transfer set from a resolved config.
 
     The transfer set is the trial's training rows (the first ``max_train_examples`` of a
-    seeded shuffle; all when 0) plus the driver's teacher-labelled augmentation rows.
+    seeded shuffle; all when 0) plus the driver's teacher-labelled augmentation rows. Data
+    without a validation split gets the default one (:func:`trainables.trial.state.with_validation`).
 
     Args:
         cfg: a resolved config (:func:`trainables.config.resolve_config`).
@@ -279,6 +280,8 @@ def prepare(cfg: dict[str, Any], data: TrialData, device: str = "cpu",
     Raises:
         ConfigError: a config the data cannot serve (e.g. augmentation the driver did not prepare).
     """
+    if data.val is None:
+        data = with_validation(data)
     rows = None
     if cfg["max_train_examples"] and cfg["max_train_examples"] < len(data.train):
         rows = np.random.default_rng(cfg["seed"]).permutation(len(data.train))[: cfg["max_train_examples"]]

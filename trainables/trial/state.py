@@ -63,6 +63,8 @@ def with_validation(data: TrialData, fraction: float = DEFAULT_VAL_FRACTION, siz
         raise ConfigError("the trial data already has a validation split")
     if data.augmented:
         raise ConfigError("carve the validation split before making augmented transfer sets")
+    if len(data.train_logits) != len(data.train):
+        raise ConfigError(f"teacher logits have {len(data.train_logits)} rows, the training split {len(data.train)}")
     train_rows, val_rows = validation_rows(len(data.train), fraction, size, seed)
     return replace(data, train=data.train.subset(train_rows, "train"), train_logits=data.train_logits[train_rows],
                    val=data.train.subset(val_rows, "validation"), augmented={})
