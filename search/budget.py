@@ -66,11 +66,14 @@ class DeadlineSearcher(Searcher):
     def add_evaluated_point(self, *args: Any, **kwargs: Any) -> None:
         self.searcher.add_evaluated_point(*args, **kwargs)
 
+    # as Tune's wrapper searchers (ConcurrencyLimiter): the wrapper's own state; the wrapped
+    # searcher saves itself (``save``/``restore``, ``save_to_dir``)
     def get_state(self) -> dict:
-        return self.searcher.get_state()
+        return {"budget_s": self.budget_s}
 
     def set_state(self, state: dict) -> None:
-        self.searcher.set_state(state)
+        self.budget_s = float(state.get("budget_s", self.budget_s))
+        self.started = None  # a restored search starts its own clock
 
     def save(self, checkpoint_path: str) -> None:
         self.searcher.save(checkpoint_path)
