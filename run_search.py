@@ -58,6 +58,10 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pue", type=float, default=d.pue, help="power usage effectiveness for CO2e (default 1.59)")
     p.add_argument("--kg-per-kwh", type=float, default=d.kg_per_kwh, help="carbon intensity (default 0.430)")
     p.add_argument("--verbose", type=int, default=d.verbose, help="Ray Tune verbosity 0-3")
+    p.add_argument("--optuna-storage", default=None,
+                   help="Optuna study storage, an RDB URL (default: sqlite:///<Tune experiment folder>/optuna.db)")
+    p.add_argument("--no-system-metrics", dest="system_metrics", action="store_false",
+                   help="do not record CPU, memory, disk and network use on trial runs (MLflow system metrics)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="fix a trial-config key in every trial (repeatable), e.g. --set epochs=1")
     p.set_defaults(func=_cmd_search)

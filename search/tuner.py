@@ -19,12 +19,13 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from search import optuna_store
 from search.cluster import check_address, connect, experiment_path, resolve_storage_path
 from spaces import DEFAULT_OBJECTIVES, ENERGY_OBJECTIVES, Space, load_space, parse_objectives
 from trainables.config import check_value, parse_stages
@@ -68,6 +69,8 @@ class SearchOptions:
     kg_per_kwh: float = 0.430
     verbose: int = 1
     overrides: dict[str, Any] = field(default_factory=dict)
+    optuna_storage: str | None = None
+    system_metrics: bool = True
 
 
 @dataclass
@@ -164,6 +167,8 @@ def plan_search(opts: SearchOptions) -> Plan:
             objectives = {k: v for k, v in objectives.items() if k not in dropped}
             if not objectives:
                 raise ConfigError("no objective left once energy is dropped; add e.g. accuracy:max")
+    if opts.optuna_storage is not None:  # an absolute URL: a resume may run elsewhere
+        opts = replace(opts, optuna_storage=optuna_store.check_storage_url(opts.optuna_storage))
     return Plan(opts, task, space, objectives, teacher, tracking_uri, artifact_root, dropped, storage_path, notes)
 
 
@@ -274,6 +279,7 @@ def run_search(opts: SearchOptions) -> pd.DataFrame:
     search_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     tune_name = f"{opts.experiment}-{search_id}"
     tune_path = experiment_path(plan.storage_path, tune_name)
+    optuna_url = plan.options.optuna_storage or optuna_store.default_storage_url(tune_path)
     parent_id = mlflow_store.start_parent_run(
         client, experiment_id, f"search-{search_id}",
         params={"task": plan.task, "space": opts.space, "num_samples": opts.num_samples,
@@ -285,18 +291,23 @@ def run_search(opts: SearchOptions) -> pd.DataFrame:
                 "cpus_per_trial": opts.cpus_per_trial,
                 "gpus_per_trial": opts.gpus_per_trial, "max_failures": opts.max_failures,
                 "address": opts.address or "local", "tune_experiment_path": tune_path,
-                "study_name": tune_name, "optuna_storage": "tune searcher state (in tune_experiment_path)"},
+                "study_name": tune_name, "optuna_storage": optuna_url},
         tags={"search_id": search_id, "git_commit": _git_commit(), "data_hash": data.train.data_hash,
               "teacher_id": data.teacher_id, "sampler": opts.sampler,
               "random_search": str(opts.sampler == "random").lower(),
-              mlflow_store.OPTIONS_TAG: json.dumps(recorded_options(plan))})
+              mlflow_store.OPTIONS_TAG: json.dumps(recorded_options(plan)), **mlflow_store.source_tags()})
     try:
         client.log_artifact(parent_id, opts.space, "space")
+        storage = optuna_store.prepare_search_study(
+            optuna_url, tune_name, plan.objectives,
+            {"mlflow_tracking_uri": plan.tracking_uri, "mlflow_experiment_id": experiment_id,
+             "mlflow_parent_run_id": parent_id, "search_id": search_id})
     except Exception:
         mlflow_store.close_search(client, experiment_id, parent_id, "FAILED", {})
         raise
     print(f"MLflow: experiment {opts.experiment!r} (id {experiment_id}), parent run {parent_id} in {plan.tracking_uri}",
           flush=True)
+    print(f"Optuna: study {tune_name!r} in {optuna_url} (optuna-dashboard {optuna_url})", flush=True)
     print(f"Ray Tune: experiment state in {tune_path} (resume with: python run_search.py resume --experiment "
           f"{opts.experiment} --tracking-uri {plan.tracking_uri})", flush=True)
 
@@ -305,7 +316,7 @@ def run_search(opts: SearchOptions) -> pd.DataFrame:
 
         searcher = OptunaSearch(metric=list(plan.objectives), mode=list(plan.objectives.values()),
                                 sampler=make_sampler(opts.sampler, opts.seed, opts.num_samples), study_name=tune_name,
-                                points_to_evaluate=_initial_points(plan))
+                                points_to_evaluate=_initial_points(plan), storage=storage)
         return tune.Tuner(
             trainable,
             param_space=plan.space.tune_space(),
@@ -362,9 +373,10 @@ def execute_search(plan: Plan, data: Any, client: Any, experiment_id: str, paren
 
     opts = plan.options
     settings = RunSettings(opts.cpu_watts_per_core, opts.pue, opts.kg_per_kwh, None,
-                           {"search_id": search_id, "git_commit": _git_commit(), "featherweight.role": "trial"})
+                           {"search_id": search_id, "git_commit": _git_commit(), "featherweight.role": "trial",
+                            **mlflow_store.source_tags()})
     tracking = {"tracking_uri": plan.tracking_uri, "experiment_id": experiment_id, "parent_run_id": parent_id,
-                "settings": settings,
+                "settings": settings, "system_metrics": opts.system_metrics,
                 "earlier_attempts": functools.partial(mlflow_store.close_earlier_attempts,
                                                       experiment_id=experiment_id, parent_run_id=parent_id)}
     # Tune saves its experiment state (trials, searcher) every TUNE_GLOBAL_CHECKPOINT_S; "auto" means >= 10 s,
