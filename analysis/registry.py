@@ -87,10 +87,10 @@ def register_students(client: Any, name: str, chosen: Iterable[Mapping[str, Any]
         raise ConfigError(f"--register: run(s) {', '.join(missing)} logged no MLflow model (the search ran with a "
                           f"version that logged the student file only); replay them to get one")
     _ensure_registered_model(client, name, description)
-    existing = {mv.model_id: mv for mv in client.search_model_versions(f"name = '{name}'") if mv.model_id}
+    existing = {mv.source: mv for mv in client.search_model_versions(f"name = '{name}'")}
     out: dict[str, dict[str, Any]] = {}
     for c in chosen:
-        mv = existing.get(c["model_id"])
+        mv = existing.get(f"models:/{c['model_id']}")
         if mv is None:
             mv = client.create_model_version(name, source=f"models:/{c['model_id']}", run_id=c["run_id"],
                                              tags={k: str(v) for k, v in c.get("tags", {}).items()},

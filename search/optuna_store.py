@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import urllib.parse
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,8 @@ def check_storage_url(url: str, option: str = "--optuna-storage") -> str:
             raise ConfigError(f"{option} {url!r}: {str(path)!r} is a folder, not a database file")
         return f"sqlite:///{path.resolve()}"
     try:
-        parsed.get_dialect()
+        dialect = parsed.get_dialect()
+        (getattr(dialect, "import_dbapi", None) or dialect.dbapi)()  # the driver module (psycopg2, pymysql...)
     except Exception as e:
         raise ConfigError(f"{option} {url!r}: no database driver for {parsed.drivername!r} ({type(e).__name__}); "
                           f"install it or use sqlite:///optuna.db") from None
@@ -102,7 +104,9 @@ def create_study(storage: Any, study_name: str, objectives: Mapping[str, str],
 
     directions = ["maximize" if mode == "max" else "minimize" for mode in objectives.values()]
     study = optuna.create_study(storage=storage, study_name=study_name, directions=directions, load_if_exists=True)
-    study.set_metric_names(list(objectives))
+    with warnings.catch_warnings():  # set_metric_names is marked experimental (Optuna >= 3.2)
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(list(objectives))
     for key, value in (attrs or {}).items():
         study.set_user_attr(key, value)
     return study

@@ -218,6 +218,7 @@ class MlflowTracker(Tracker):
         try:
             from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
+            logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # no notes per trial
             self._monitor = SystemMetricsMonitor(self.run_id, sampling_interval=SYSTEM_METRICS_INTERVAL_S,
                                                  tracking_uri=self.tracking_uri)
             self._monitor.start()
@@ -291,7 +292,13 @@ class MlflowTracker(Tracker):
     def finish(self, status: str = "FINISHED") -> None:
         if self._monitor is not None:
             try:
-                self._monitor.finish()  # its last samples, before the run closes
+                self._monitor.finish()
+                # the samples taken since the last logged window (a run shorter than the sampling
+                # interval has only these), before the run closes
+                tail = self._monitor.aggregate_metrics()
+                if tail:
+                    self._monitor.publish_metrics(tail)
+                    self._monitor.mlflow_logger.flush()
             except Exception as e:
                 log.warning("system metrics of run %s: %s", self.run_id, e)
             self._monitor = None
