@@ -272,7 +272,10 @@ class MlflowTracker(Tracker):
             _retry(lambda: self.client.finalize_logged_model(model.model_id, LoggedModelStatus.READY))
             _retry(lambda: self.client.log_outputs(self.run_id, [LoggedModelOutput(model.model_id, step)]))
         except BaseException:
-            _retry(lambda: self.client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED))
+            try:  # the model stays listed, marked FAILED; the original error is what the trial reports
+                self.client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+            except Exception as e:
+                log.warning("could not mark model %s FAILED: %s", model.model_id, e)
             raise
         return model.model_id
 
