@@ -45,6 +45,14 @@ def model_name(cfg: dict[str, Any]) -> str:
     return "-".join(str(p) for p in parts)
 
 
+def model_tags(data: Any, cfg: dict[str, Any], settings: Any) -> dict[str, str]:
+    """Tags of a trial's logged model: ``task``, ``student``, ``stages``, and the search's
+    ``search_id`` and ``trial_id`` when the run settings carry them."""
+    tags = {"task": data.train.task, "student": str(cfg["student"]), "stages": str(cfg["stages"])}
+    tags.update({k: settings.tags[k] for k in ("search_id", "trial_id") if k in settings.tags})
+    return tags
+
+
 def student_file(model_dir: Path) -> Path:
     """The one student file (``*.safetensors``) in a trial's ``model/`` folder.
 

@@ -62,7 +62,7 @@ from trainables.trial.checkpoint import (
     write_progress,
     write_rewind,
 )
-from trainables.trial.records import log_student_model, trial_datasets
+from trainables.trial.records import log_student_model, model_tags, trial_datasets
 from trainables.trial.state import RunSettings, TrialData, seed_everything
 
 log = logging.getLogger(__name__)
@@ -457,20 +457,13 @@ def finish(state: TrialState) -> dict[str, Any]:
         final["best_epoch"] = s.best_epoch
     step = len(s.rows) + 1
     s.tracker.log_artifact(s.workdir / "model", "model")
-    model_id = log_student_model(s.tracker, s.workdir / "model", s.cfg, _model_tags(s), step)
+    model_id = log_student_model(s.tracker, s.workdir / "model", s.cfg, model_tags(s.data, s.cfg, s.settings), step)
     s.tracker.log_metrics(final, step=step, model_id=model_id)  # also the logged model's metrics
     s.tracker.set_tags(tags)
     final["energy_method"] = tags["energy_method"]
     if s.report is not None:
         s.report(final, None)
     return final
-
-
-def _model_tags(state: TrialState) -> dict[str, str]:
-    """Tags of the trial's logged model: task, student, stages, and the search's ids when set."""
-    tags = {"task": state.data.train.task, "student": state.cfg["student"], "stages": state.cfg["stages"]}
-    tags.update({k: state.settings.tags[k] for k in ("search_id", "trial_id") if k in state.settings.tags})
-    return tags
 
 
 __all__ = ["Prepared", "ReportFn", "STUDENT_FACTORIES", "TrialState", "compress_stage",
