@@ -18,7 +18,7 @@ Ties go to the earlier trial (``trial_order``).
 Each exported YAML (``<selector>-trial<order>-<run id prefix>.yaml``) holds ``config`` (the
 full resolved trial config, typed, from the run's params via
 :func:`trainables.config.resolve_config`), ``source_run_id``, ``experiment``,
-``tracking_uri``, ``metrics`` (the run's final metrics), ``model_uri`` (the trial's MLflow
+``tracking_uri``, ``metrics`` (the run's final metrics, without MLflow's ``system/...``), ``model_uri`` (the trial's MLflow
 model, ``models:/<model id>``, which ``mlflow.pyfunc.load_model`` loads; ``null`` for runs
 that logged none), ``student_uri`` (the student file, ``runs:/<id>/model/student.safetensors``,
 or ``student.packed.safetensors`` after a prune or quantize stage) and, for provenance,
@@ -300,7 +300,8 @@ def export_configs(
                                        description=f"featherweight students of experiment {exp.name!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    metric_cols = _metric_columns(df)
+    # the trial's results; MLflow's system metrics (system/...) describe the machine, not the student
+    metric_cols = [c for c in _metric_columns(df) if not c.startswith("system/")]
     paths = []
     for _, row in chosen.iterrows():
         run_id = row["run_id"]

@@ -31,7 +31,7 @@ def two_trials(store, sst2_small, tmp_path):
                               {"search_id": "reg"})
     runs = {}
     for i, dim in enumerate((8, 48)):
-        tracker = MlflowTracker(store.uri, exp, parent)
+        tracker = MlflowTracker(store.uri, exp, parent, system_metrics=True)
         settings = RunSettings(tags={"search_id": "reg", ROLE_TAG: "trial", "trial_id": f"t{i}"})
         final = run_trial({**FAST, "embedding_dim": dim}, sst2_small, tmp_path / f"t{i}", tracker, settings)
         runs[dim] = (tracker.run_id, final)
@@ -50,6 +50,9 @@ def test_export_registers_versions_with_aliases_that_load(store, two_trials, sst
     (doc,) = [yaml.safe_load(p.read_text()) for p in paths]
     model_id = client.get_run(small).outputs.model_outputs[0].model_id
     assert doc["source_run_id"] == small and doc["model_uri"] == f"models:/{model_id}"
+    assert doc["metrics"]["accuracy"] == small_final["accuracy"] and "model_log_time_s" in doc["metrics"]
+    assert "system/system_memory_usage_megabytes" in store.client.get_run(small).data.metrics
+    assert not [k for k in doc["metrics"] if k.startswith("system/")]  # the machine's state, not the student's
     reg = doc["registered_model"]
     assert (reg["name"], reg["version"], reg["uri"]) == ("sst2-student", 1, "models:/sst2-student/1")
     assert "smallest" in reg["aliases"]
