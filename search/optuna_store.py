@@ -9,6 +9,8 @@ puts it elsewhere. The driver alone writes to it (``OptunaSearch(storage=...)``)
 multi-node cluster. Its URL is the parent run's ``optuna_storage`` param and its name the
 ``study_name`` param; ``resume`` keeps using it (the storage travels with Tune's searcher
 state), and every ``tell`` is committed at once, so finished trials survive a killed driver.
+Trials a killed driver left ``RUNNING`` are marked ``FAIL`` when the search finishes
+(:func:`fail_orphans`).
 
 Example:
     >>> default_storage_url("/home/u/ray_results/sst2-demo-20260101-000000-abcdef")
@@ -17,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import urllib.parse
 import warnings
 from collections.abc import Mapping
@@ -26,6 +29,7 @@ from typing import Any
 from trainables.errors import ConfigError
 
 FILE_NAME = "optuna.db"
+log = logging.getLogger(__name__)
 
 
 def _is_uri(path: str) -> bool:
@@ -127,6 +131,33 @@ def prepare_search_study(url: str, study_name: str, objectives: Mapping[str, str
                           f"this machine can write") from None
     create_study(storage, study_name, objectives, attrs)
     return storage
+
+
+def fail_orphans(parent_run: Any) -> int:
+    """Mark the study's trials still ``RUNNING`` once its search has finished as ``FAIL``.
+
+    They are trials a killed driver had started after Tune's last save of its state: the resumed
+    search sampled new ones instead. Never raises (a warning is logged); searches without an RDB
+    storage are skipped.
+
+    Returns:
+        How many trials were marked.
+    """
+    import optuna
+
+    try:
+        study = load_search_study(parent_run)
+        orphans = [t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))]
+        for number in orphans:
+            study.tell(number, state=optuna.trial.TrialState.FAIL)
+    except ConfigError:
+        return 0
+    except Exception as e:
+        log.warning("Optuna study of search %s: could not close unfinished trials (%s)", parent_run.info.run_id, e)
+        return 0
+    if orphans:
+        print(f"marked {len(orphans)} Optuna trial(s) left RUNNING by a stopped driver FAIL", flush=True)
+    return len(orphans)
 
 
 def load_search_study(parent_run: Any) -> Any:

@@ -402,6 +402,8 @@ def execute_search(plan: Plan, data: Any, client: Any, experiment_id: str, paren
         if marked:
             print(f"marked {marked} unfinished trial run(s) FAILED", flush=True)
     client.set_tag(parent_id, "failed_trials", str(len(errors)))
+    if status == "FINISHED":
+        optuna_store.fail_orphans(client.get_run(parent_id))
     if status == "KILLED":
         print(f"\nthe search was interrupted; finish it with: python run_search.py resume --experiment "
               f"{opts.experiment} --tracking-uri {plan.tracking_uri}", flush=True)

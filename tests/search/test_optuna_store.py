@@ -71,3 +71,18 @@ def test_load_search_study_reads_the_parent_runs_params(tmp_path, store):
                                                            "study_name": "x"}, {})
     with pytest.raises(ConfigError, match="records no Optuna RDB storage"):
         optuna_store.load_search_study(store.client.get_run(old))
+
+
+def test_trials_a_killed_driver_left_running_are_failed_when_the_search_finishes(tmp_path, store):
+    from search.mlflow_store import start_parent_run
+
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    optuna_store.prepare_search_study(url, "s", {"accuracy": "max"})
+    study = optuna.load_study(study_name="s", storage=url)
+    study.tell(study.ask(), 80.0)
+    study.ask()  # asked by the driver that was killed; its resume sampled anew
+    parent = store.client.get_run(start_parent_run(store.client, store.experiment("orph"), "search-1",
+                                                   {"optuna_storage": url, "study_name": "s"}, {}))
+    assert optuna_store.fail_orphans(parent) == 1
+    assert [t.state.name for t in optuna.load_study(study_name="s", storage=url).trials] == ["COMPLETE", "FAIL"]
+    assert optuna_store.fail_orphans(parent) == 0
