@@ -98,7 +98,7 @@ def test_search_tracks_every_trial_and_prints_the_pareto_front(tmp_path, glue_di
     assert study.user_attrs["mlflow_parent_run_id"] == parent.info.run_id
     _check_optuna_dashboard(url, study.study_name)
 
-    # the acceptance check: Pareto students through mlflow.pyfunc.load_model and `mlflow models serve`
+    # bench.check_mlflow_models: Pareto students through mlflow.pyfunc.load_model and `mlflow models serve`
     from bench import check_mlflow_models
 
     assert check_mlflow_models.main(["--experiment", "e2e", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
