@@ -75,6 +75,10 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
                         "(default %(default)s)")
     p.add_argument("--val-size", type=int, default=d.val_size,
                    help="validation rows instead of --val-fraction (default: use the fraction)")
+    p.add_argument("--optuna-storage", default=None,
+                   help="Optuna study storage, an RDB URL (default: sqlite:///<Tune experiment folder>/optuna.db)")
+    p.add_argument("--no-system-metrics", dest="system_metrics", action="store_false",
+                   help="do not record CPU, memory, disk and network use on trial runs (MLflow system metrics)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="fix a trial-config key in every trial (repeatable), e.g. --set epochs=1")
     p.set_defaults(func=_cmd_search)

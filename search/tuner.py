@@ -19,13 +19,14 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from search import optuna_store
 from search.cluster import check_address, connect, experiment_path, resolve_storage_path
 from spaces import DEFAULT_OBJECTIVES, ENERGY_OBJECTIVES, Space, load_space, parse_objectives
 from trainables.config import check_value, parse_stages
@@ -77,6 +78,8 @@ class SearchOptions:
     time_budget_s: float | None = None
     hv_reference: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
+    optuna_storage: str | None = None
+    system_metrics: bool = True
 
 
 @dataclass
@@ -185,6 +188,8 @@ def plan_search(opts: SearchOptions) -> Plan:
                 raise ConfigError("no objective left once energy is dropped; add e.g. val_accuracy:max")
     if opts.hv_reference is not None:
         parse_reference(opts.hv_reference, objectives)
+    if opts.optuna_storage is not None:  # an absolute URL: a resume may run elsewhere
+        opts = replace(opts, optuna_storage=optuna_store.check_storage_url(opts.optuna_storage))
     plan = Plan(opts, task, space, objectives, teacher, tracking_uri, artifact_root, dropped, storage_path, notes)
     if opts.scheduler == "moasha":
         scheduler_objectives(plan)
@@ -403,6 +408,7 @@ def run_search(opts: SearchOptions) -> pd.DataFrame:
     search_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     tune_name = f"{opts.experiment}-{search_id}"
     tune_path = experiment_path(plan.storage_path, tune_name)
+    optuna_url = plan.options.optuna_storage or optuna_store.default_storage_url(tune_path)
     parent_id = mlflow_store.start_parent_run(
         client, experiment_id, f"search-{search_id}",
         params={"task": plan.task, "space": opts.space, "num_samples": opts.num_samples,
@@ -418,19 +424,24 @@ def run_search(opts: SearchOptions) -> pd.DataFrame:
                 "scheduler": opts.scheduler, "reduction_factor": opts.reduction_factor,
                 "grace_period": opts.grace_period, "time_budget_s": opts.time_budget_s or "",
                 "hypervolume_reference": ",".join(f"{v:.6g}" for v in reference),
-                "study_name": tune_name, "optuna_storage": "tune searcher state (in tune_experiment_path)"},
+                "study_name": tune_name, "optuna_storage": optuna_url},
         tags={"search_id": search_id, "git_commit": _git_commit(), "data_hash": data.train.data_hash,
               "val_data_hash": data.val.data_hash,
               "teacher_id": data.teacher_id, "sampler": opts.sampler,
               "random_search": str(opts.sampler == "random").lower(),
-              mlflow_store.OPTIONS_TAG: json.dumps(recorded_options(plan))})
+              mlflow_store.OPTIONS_TAG: json.dumps(recorded_options(plan)), **mlflow_store.source_tags()})
     try:
         client.log_artifact(parent_id, opts.space, "space")
+        storage = optuna_store.prepare_search_study(
+            optuna_url, tune_name, plan.objectives,
+            {"mlflow_tracking_uri": plan.tracking_uri, "mlflow_experiment_id": experiment_id,
+             "mlflow_parent_run_id": parent_id, "search_id": search_id})
     except Exception:
         mlflow_store.close_search(client, experiment_id, parent_id, "FAILED", {})
         raise
     print(f"MLflow: experiment {opts.experiment!r} (id {experiment_id}), parent run {parent_id} in {plan.tracking_uri}",
           flush=True)
+    print(f"Optuna: study {tune_name!r} in {optuna_url} (optuna-dashboard {optuna_url})", flush=True)
     print(f"Ray Tune: experiment state in {tune_path} (resume with: python run_search.py resume --experiment "
           f"{opts.experiment} --tracking-uri {plan.tracking_uri})", flush=True)
 
@@ -443,7 +454,7 @@ def run_search(opts: SearchOptions) -> pd.DataFrame:
 
         searcher = OptunaSearch(metric=list(plan.objectives), mode=list(plan.objectives.values()),
                                 sampler=make_sampler(opts.sampler, opts.seed, opts.num_samples), study_name=tune_name,
-                                points_to_evaluate=_initial_points(plan))
+                                points_to_evaluate=_initial_points(plan), storage=storage)
         if opts.time_budget_s:
             searcher = DeadlineSearcher(searcher, opts.time_budget_s)
         scheduler = make_scheduler(plan, board)
@@ -512,9 +523,10 @@ def execute_search(plan: Plan, data: Any, client: Any, experiment_id: str, paren
 
     opts = plan.options
     settings = RunSettings(opts.cpu_watts_per_core, opts.pue, opts.kg_per_kwh, None,
-                           {"search_id": search_id, "git_commit": _git_commit(), "featherweight.role": "trial"})
+                           {"search_id": search_id, "git_commit": _git_commit(), "featherweight.role": "trial",
+                            **mlflow_store.source_tags()})
     tracking = {"tracking_uri": plan.tracking_uri, "experiment_id": experiment_id, "parent_run_id": parent_id,
-                "settings": settings,
+                "settings": settings, "system_metrics": opts.system_metrics,
                 "earlier_attempts": functools.partial(mlflow_store.close_earlier_attempts,
                                                       experiment_id=experiment_id, parent_run_id=parent_id),
                 "should_stop": should_stop}
@@ -544,6 +556,8 @@ def execute_search(plan: Plan, data: Any, client: Any, experiment_id: str, paren
         if marked:
             print(f"marked {marked} unfinished trial run(s) FAILED", flush=True)
     client.set_tag(parent_id, "failed_trials", str(len(errors)))
+    if status == "FINISHED":
+        optuna_store.fail_orphans(client.get_run(parent_id))
     if status == "KILLED":
         print(f"\nthe search was interrupted; finish it with: python run_search.py resume --experiment "
               f"{opts.experiment} --tracking-uri {plan.tracking_uri}", flush=True)
