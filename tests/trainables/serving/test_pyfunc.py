@@ -52,11 +52,11 @@ def test_a_trial_logs_its_student_as_an_mlflow_model_with_its_datasets(sst2_smal
     final = run_trial(FAST, sst2_small, tmp_path / "trial", tracker)
     run = client.get_run(tracker.run_id)
 
-    # the run's datasets: train and dev, digest = data hash (MLflow keeps 36 characters), role as context
+    # the run's datasets: train, validation and dev, digest = data hash (MLflow keeps 36 characters), role as context
     inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
-    assert set(inputs) == {"train", "dev"} and [t.key for i in run.inputs.dataset_inputs for t in i.tags] == \
-        ["mlflow.data.context"] * 2
-    for context, split in (("train", sst2_small.train), ("dev", sst2_small.dev)):
+    assert set(inputs) == {"train", "validation", "dev"} and \
+        [t.key for i in run.inputs.dataset_inputs for t in i.tags] == ["mlflow.data.context"] * 3
+    for context, split in (("train", sst2_small.train), ("validation", sst2_small.val), ("dev", sst2_small.dev)):
         ds = inputs[context]
         assert ds.name == f"sst2-{context}" and ds.digest == split.data_hash[:36] and ds.source_type == "local"
         assert json.loads(ds.profile) == {"num_rows": len(split), "data_hash": split.data_hash}
