@@ -133,11 +133,12 @@ def check_address(address: str | None, timeout_s: float = 3.0) -> None:
         if not recorded:
             raise ConfigError(f"--address auto: no running Ray cluster found on this machine (no RAY_ADDRESS, "
                               f"no {record}); {_JOIN_HINT}")
-        return _check_target(recorded, timeout_s, f"--address auto (the cluster recorded in {record}, {recorded})")
+        return _check_target(recorded, timeout_s, f"--address auto (the cluster recorded in {record}, {recorded})",
+                             f"named by {record}, which a head stopped uncleanly leaves behind")
     return _check_target(address, timeout_s, f"--address {address!r}")
 
 
-def _check_target(address: str, timeout_s: float, named: str) -> None:
+def _check_target(address: str, timeout_s: float, named: str, source: str = "") -> None:
     scheme, sep, target = address.rpartition("://")
     host, _, port = target.rpartition(":")
     if (sep and scheme != "ray") or not host or not port.isdigit() or not 0 < int(port) < 65536 or "/" in target:
@@ -152,7 +153,8 @@ def _check_target(address: str, timeout_s: float, named: str) -> None:
             pass
     except (OSError, UnicodeError) as e:
         reason = getattr(e, "strerror", None) or e
-        raise ConfigError(f"cannot reach a Ray cluster at {address} ({reason}); {_JOIN_HINT}") from None
+        where = f"{address}, {source}" if source else address
+        raise ConfigError(f"cannot reach a Ray cluster at {where} ({reason}); {_JOIN_HINT}") from None
 
 
 def missing_extra(distribution: str, extra: str) -> list[str]:

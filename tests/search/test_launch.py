@@ -430,3 +430,46 @@ def test_missing_extra_reads_the_installed_metadata():
         if "(found" not in entry:
             with pytest.raises(metadata.PackageNotFoundError):
                 metadata.version(entry)
+
+
+def test_kuberay_rayjob_example_runs_this_cli_on_this_ray():
+    """docs/examples/rayjob.yaml needs a Kubernetes cluster to run; here its entrypoint must parse with
+    the search's CLI, its runtime_env must pass Ray's checks, and its Ray version must be this one."""
+    import ray
+    import yaml
+
+    import run_search
+    from search.cluster import load_runtime_env
+
+    docs = {d["kind"]: d for d in yaml.safe_load_all((ROOT / "docs" / "examples" / "rayjob.yaml").read_text())}
+    spec = docs["RayJob"]["spec"]
+    argv = spec["entrypoint"].split()
+    assert argv[:3] == ["python", "run_search.py", "search"]
+    args = run_search.build_parser().parse_args(argv[2:])
+    assert args.address == "auto" and (ROOT / args.space).is_file()
+    env = load_runtime_env(json.dumps(yaml.safe_load(spec["runtimeEnvYAML"])))
+    assert env["working_dir"].endswith(".zip")
+    cluster = spec["rayClusterSpec"]
+    assert cluster["rayVersion"] == ray.__version__ and cluster["authOptions"] == {"mode": "token"}
+    assert f"rayproject/ray:{ray.__version__}-" in (ROOT / "docs" / "examples" / "Dockerfile").read_text()
+    mlflow = docs["Deployment"]["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert mlflow[:2] == ["featherweight", "server"]
+    run_search.build_parser().parse_args(mlflow[1:])  # the console script's own arguments
+    assert spec["entrypoint"].count("http://featherweight-mlflow:5000") == 1
+
+
+def test_cluster_launcher_example_validates_against_rays_schema():
+    """docs/examples/cluster.yaml needs an AWS account to run; here it must validate against the
+    cluster launcher's schema and start every node with token authentication."""
+    import jsonschema
+    import ray
+    import yaml
+
+    schema = json.loads((Path(ray.__file__).parent / "autoscaler" / "ray-schema.json").read_text())
+    config = yaml.safe_load((ROOT / "docs" / "examples" / "cluster.yaml").read_text())
+    jsonschema.validate(config, schema)
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        starts = [c for c in config[key] if "ray start" in c]
+        assert starts and all("RAY_AUTH_MODE=token" in c for c in starts), key
+    assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+    assert any('[cluster]' in c for c in config["setup_commands"])
