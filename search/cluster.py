@@ -333,6 +333,7 @@ def connect(address: str | None, user_env: dict[str, Any] | None = None, dashboa
             or a local Ray failed to start.
     """
     import ray
+    from ray.exceptions import RayError
 
     if ray.is_initialized():
         return
@@ -342,8 +343,6 @@ def connect(address: str | None, user_env: dict[str, Any] | None = None, dashboa
     if target == "local":
         kwargs["include_dashboard"] = dashboard
     where = "a local Ray" if target == "local" else f"the Ray cluster at {target}"
-    from ray.exceptions import RayError
-
     try:
         with _exit_on_signal(where) if target != "local" else contextlib.nullcontext():
             context = ray.init(address=target, **kwargs)
@@ -380,6 +379,8 @@ def _connect_error(e: BaseException, target: str, env: dict[str, Any] | None, us
                        f"--runtime-env win)")
         elif user_set:
             message = f"Ray refused the runtime_env of --runtime-env ({_first_line(e)})"
+        elif env is None:
+            message = f"Ray refused the Ray job's runtime_env ({_first_line(e)})"
         else:
             message = (f"Ray refused the runtime_env that ships the project folder {PROJECT_ROOT} as working_dir "
                        f"({_first_line(e)}); keep large files out of it (.gitignore), or choose what workers get "
