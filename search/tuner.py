@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from search import optuna_store
-from search.cluster import check_address, connect, experiment_path, resolve_storage_path
+from search.cluster import check_launch, connect, experiment_path, joins_cluster, ray_address, resolve_storage_path
 from spaces import DEFAULT_OBJECTIVES, ENERGY_OBJECTIVES, Space, load_space, parse_objectives
 from trainables.config import check_value, parse_stages
 from trainables.data.glue import check_task, local_split_path, validation_rows
@@ -60,6 +60,8 @@ class SearchOptions:
     sampler: str = "tpe"
     objectives: str | None = None
     address: str | None = None
+    runtime_env: dict[str, Any] | None = None
+    ray_dashboard: bool = False
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     storage_path: str | None = None
@@ -162,13 +164,13 @@ def plan_search(opts: SearchOptions) -> Plan:
     tracking_uri, artifact_root = resolve_tracking_uri(opts.tracking_uri)
     storage_path = resolve_storage_path(opts.storage_path)
     check_tracking_uri(tracking_uri)
-    check_address(opts.address)
+    check_launch(opts.address, opts.runtime_env, opts.ray_dashboard)
     notes = []
-    if opts.address is not None and (storage_path is None or storage_path.startswith("/")):
+    if joins_cluster(opts.address) and (storage_path is None or storage_path.startswith("/")):
         notes.append(f"Tune's storage {storage_path or '~/ray_results'} must be a folder every node can write "
                      f"(e.g. NFS; pass --storage-path) or a URI such as s3://bucket/dir, else trials on other "
                      f"machines fail")
-    if opts.address is not None and not tracking_uri.startswith(("http://", "https://")):
+    if joins_cluster(opts.address) and not tracking_uri.startswith(("http://", "https://")):
         notes.append(f"trials on other machines write to {tracking_uri} and {artifact_root}: that works only when "
                      f"every node sees these paths; else start `python run_search.py server` and pass "
                      f"--tracking-uri http://...")
@@ -392,8 +394,8 @@ def run_search(opts: SearchOptions) -> pd.DataFrame:
     """
     plan = plan_search(opts)
     print_notes(plan)
-    if opts.address is not None:
-        connect(opts.address)  # joining a cluster can still fail (authentication): before loading anything
+    if joins_cluster(opts.address):  # joining can still fail (authentication, runtime_env): before loading anything
+        connect(opts.address, opts.runtime_env, opts.ray_dashboard)
     data = load_trial_data(plan)
     reference = hv_reference(plan, data)
 
@@ -419,7 +421,7 @@ def run_search(opts: SearchOptions) -> pd.DataFrame:
                 "cache_dir": _local_or_name(opts.cache_dir) if opts.cache_dir else "",
                 "cpus_per_trial": opts.cpus_per_trial,
                 "gpus_per_trial": opts.gpus_per_trial, "max_failures": opts.max_failures,
-                "address": opts.address or "local", "tune_experiment_path": tune_path,
+                "address": ray_address(opts.address), "tune_experiment_path": tune_path,
                 "val_fraction": opts.val_fraction, "val_size": opts.val_size, "val_rows": len(data.val),
                 "scheduler": opts.scheduler, "reduction_factor": opts.reduction_factor,
                 "grace_period": opts.grace_period, "time_budget_s": opts.time_budget_s or "",
@@ -539,7 +541,7 @@ def execute_search(plan: Plan, data: Any, client: Any, experiment_id: str, paren
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     status, errors = "FAILED", {}
     try:
-        connect(opts.address)
+        connect(opts.address, opts.runtime_env, opts.ray_dashboard)
         trainable = tune.with_resources(tune.with_parameters(tune_trainable, data=data, tracking=tracking),
                                         {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
         results = build(trainable).fit()

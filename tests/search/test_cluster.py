@@ -109,8 +109,9 @@ class Cluster:
         _wait(lambda: _port_open(self.port), 120, "the Ray head", [head])
         worker = self.ray_node(head=False)
         # a driver that waits for both nodes and checks the project reaches workers through runtime_env
-        probe = subprocess.run([sys.executable, "-c", _PROBE, self.address], env=self.env, capture_output=True,
-                               text=True, timeout=240, cwd=self.workdir)
+        probe = subprocess.run([sys.executable, "-c", _PROBE, self.address], capture_output=True, text=True,
+                               env={**self.env, "PYTHONPATH": str(ROOT)},  # this checkout, not an installed copy
+                               timeout=240, cwd=self.workdir)
         assert probe.returncode == 0, probe.stderr[-3000:]
         assert "nodes=2" in probe.stdout, probe.stdout
         _wait(lambda: _healthy(self.tracking_uri), 240, "the MLflow server", [server, worker])
