@@ -51,6 +51,7 @@ from analysis.pareto import pareto_ranks
 from analysis.runs import _load, _metric_columns, _objectives, _open_store, _require_metrics
 from trainables.config import PARAMS, parse_param, resolve_config
 from trainables.errors import ConfigError
+from trainables.untrusted import check_output_folder, mask_credentials
 
 __all__ = ["PERCENT_METRICS", "Selector", "export_configs", "minimal_config", "parse_selector"]
 
@@ -247,11 +248,12 @@ def export_configs(
         The written paths, in trial order.
 
     Raises:
-        ConfigError: a bad selector (checked before the store is opened), store/experiment/
+        ConfigError: a bad selector or ``out_dir`` (checked before the store is opened), store/experiment/
             search not found, no finished trial, a metric no trial logged, no trial meeting
             the constraint, or a run whose params are not a valid trial config.
     """
     sel = parse_selector(select)
+    out = check_output_folder(out_dir, "--out")  # before the store is opened
     client, uri = _open_store(tracking_uri)
     df, exp, parent = _load(client, uri, experiment, search_id, ("FINISHED",))
     objs = _objectives(objectives, parent) if sel.kind in ("pareto", "knee") else None
@@ -261,7 +263,6 @@ def export_configs(
     chosen = _select(df, sel, objs, select).sort_values("trial_order")
     if chosen.empty:
         raise ConfigError(f"--select {select!r}: no finished trial has a value for every objective")
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     metric_cols = _metric_columns(df)
     paths = []
@@ -272,7 +273,7 @@ def export_configs(
             "config": config,
             "source_run_id": run_id,
             "experiment": exp.name,
-            "tracking_uri": uri,
+            "tracking_uri": mask_credentials(uri),  # an exported file may be shared: no password in it
             "metrics": {c: float(row[c]) for c in metric_cols if pd.notna(row[c])},
             "model_uri": _model_uri(client, run_id, config),
             "selector": select.strip(),

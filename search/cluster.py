@@ -57,12 +57,13 @@ def check_address(address: str | None, timeout_s: float = 3.0) -> None:
             raise ConfigError(f"--address auto: no running Ray cluster found on this machine; {hint}") from None
     scheme, sep, target = address.rpartition("://")
     host, _, port = target.rpartition(":")
-    if (sep and scheme != "ray") or not host or not port.isdigit() or not 0 < int(port) < 65536 or "/" in target:
+    if ((sep and scheme != "ray") or not host or not (port.isascii() and port.isdigit())  # '²'.isdigit() is True
+            or not 0 < int(port) < 65536 or "/" in target):
         raise ConfigError(f"--address {address!r} must be auto, HOST:PORT or ray://HOST:PORT")
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
             pass
-    except (OSError, UnicodeError) as e:
+    except (OSError, UnicodeError, ValueError) as e:
         reason = getattr(e, "strerror", None) or e
         raise ConfigError(f"cannot reach a Ray cluster at {address} ({reason}); {hint}") from None
 
