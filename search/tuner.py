@@ -141,7 +141,7 @@ def plan_search(opts: SearchOptions) -> Plan:
     objectives = (parse_objectives(opts.objectives, "--objectives") if opts.objectives
                   else space.objectives or dict(DEFAULT_OBJECTIVES))
     teacher = resolve_teacher(task, opts.teacher, opts.cache_dir)
-    check_space(space, teacher)  # every cross-key rule of the trial config, before any trial runs
+    check_space(space, teacher, opts.overrides)  # every cross-key rule of the trial config, before any trial runs
     tracking_uri, artifact_root = resolve_tracking_uri(opts.tracking_uri)
     storage_path = resolve_storage_path(opts.storage_path)
     check_tracking_uri(tracking_uri)

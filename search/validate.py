@@ -20,7 +20,8 @@ from __future__ import annotations
 import json
 import math
 import typing
-from dataclasses import fields
+from collections.abc import Mapping
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +96,7 @@ def check_search_options(opts: Any) -> None:
         check_output_folder(opts.cache_dir, "--cache-dir")
 
 
-def check_space(space: Space, teacher: str | None = None) -> int:
+def check_space(space: Space, teacher: str | None = None, overrides: Mapping[str, Any] | None = None) -> int:
     """Check that every trial ``space`` can produce would pass the trial's own config checks.
 
     Runs :func:`spaces.check_trial_configs` (the trial config's cross-key rules over the space's
@@ -103,6 +104,11 @@ def check_space(space: Space, teacher: str | None = None) -> int:
     driver must prepare (:func:`trainables.data.augment.augment_grid`) and, when ``student`` can
     be ``transformer``, ``transformer_layers`` against the teacher's layer count
     (:func:`trainables.models.transformer.check_teacher_layers`).
+
+    Args:
+        space: the space, with the ``--set`` values already fixed.
+        teacher: the teacher folder or hub name.
+        overrides: the ``--set`` values, named in errors.
 
     Returns:
         How many trial configs were resolved.
@@ -113,6 +119,9 @@ def check_space(space: Space, teacher: str | None = None) -> int:
     from trainables.config import PARAMS
     from trainables.data.augment import augment_grid
 
+    if overrides:
+        shown = ", ".join(f"{k}={v}" for k, v in overrides.items())
+        space = replace(space, source=f"{space.source or 'search space'} with --set {shown}")
     resolved = check_trial_configs(space)
     augment_grid(space)
     grid = space.grid()
@@ -169,7 +178,7 @@ def options_from_record(raw: Any, where: str, options_class: type) -> dict[str, 
             value = float(value)
         ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
         if not ok:
-            raise ConfigError(f"{where}: the recorded search option {name!r} = {short(value)} is not a "
+            raise ConfigError(f"{where}: the recorded search option {name!r} = {short(value)} must be of type "
                               f"{' or '.join(k.__name__ for k in kinds)}")
         out[name] = value
     if "space" in out and not Path(out["space"]).name:

@@ -356,7 +356,8 @@ def check_config_grid(candidates: Mapping[str, Sequence[Any]], where: str = "con
     grouped = {k for group in RULE_GROUPS for k in group}
     groups = [tuple(k for k in g if k in grid) for g in RULE_GROUPS] + [(k,) for k in grid if k not in grouped]
     groups = [g for g in groups if g] or [tuple(grid)]
-    resolved = 0
+    resolve_config(base, where)  # the fixed values with each searched key's first value: its own message names them
+    resolved = 1
     for group in groups:
         sizes = [len(grid[k]) for k in group]
         if math.prod(sizes) > MAX_GRID_CONFIGS:

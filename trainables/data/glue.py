@@ -22,6 +22,7 @@ import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -149,9 +150,17 @@ def _read_tsv(path: Path, task: str) -> tuple[list[str], list[str] | None, list[
     a, b, y = [], [] if col_b else None, []
     csv.field_size_limit(sys.maxsize)
     line = 0
+
+    def decoded(lines: Any) -> Any:  # line by line, so that a byte that is not UTF-8 is reported at its line
+        for number, raw in enumerate(lines, 1):
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ConfigError(f"{path}: line {number}: not UTF-8 text (byte {e.start + 1} of the line)") from None
+
     try:
-        with path.open(encoding="utf-8", newline="") as f:
-            reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        with path.open("rb") as f:
+            reader = csv.reader(decoded(f), delimiter="\t", quoting=csv.QUOTE_NONE)
             header = next(reader, None)
             if header is None:
                 raise ConfigError(f"{path}: the file is empty; expected a GLUE header with "
@@ -173,8 +182,6 @@ def _read_tsv(path: Path, task: str) -> tuple[list[str], list[str] | None, list[
                 a.append(row[ia].strip())
                 if b is not None:
                     b.append(row[ib].strip())
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: line {line + 1}: not UTF-8 text") from None
     except csv.Error as e:
         raise ConfigError(f"{path}: line {line + 1}: {e}") from None
     if not a:
