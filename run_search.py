@@ -175,11 +175,13 @@ def _add_teacher(sub: argparse._SubParsersAction) -> None:
 def _cmd_teacher(args: argparse.Namespace) -> int:
     from trainables.data.glue import check_task, load_split
     from trainables.data.teacher import check_finetune_options, default_teacher_dir, finetune_teacher
-    from trainables.untrusted import check_output_folder
+    from trainables.untrusted import check_output_folder, expand_path
 
     task = check_task(args.task)
     if args.cache_dir is not None:
         check_output_folder(args.cache_dir, "--cache-dir")
+    if args.data_dir is not None:
+        expand_path(args.data_dir, "--data-dir")
     out = args.out or default_teacher_dir(task, args.cache_dir)
     check_finetune_options(args.epochs, args.lr, args.batch_size, args.max_length, args.max_train_examples,
                            args.seed, out, args.base)  # before any data or model is loaded

@@ -7,6 +7,7 @@ attempt (``featherweight.role=trial``) into an MLflow experiment.
 
 from __future__ import annotations
 
+import base64
 import http.client
 import re
 import urllib.error
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from trainables.errors import ConfigError
-from trainables.untrusted import mask_credentials, short
+from trainables.untrusted import expand_path, mask_credentials, short
 
 #: Schemes of the tracking URIs MLflow can log to (``+driver`` variants of the databases included).
 SQL_SCHEMES = ("postgresql", "mysql", "mssql", "oracle")
@@ -44,6 +45,7 @@ def resolve_tracking_uri(uri: str | None, cwd: str | Path | None = None) -> tupl
     if uri is None:
         uri = "sqlite:///mlflow.db"
     parsed = _parse_uri(uri)
+    uri = parsed.scheme.lower() + uri[len(parsed.scheme):]  # HTTP://... as http://... (checks compare lower case)
     scheme = parsed.scheme.lower().split("+", 1)[0]
     if scheme == "sqlite":
         return _sqlite_store(uri, cwd)
@@ -87,6 +89,7 @@ def _sqlite_store(uri: str, cwd: Path) -> tuple[str, str]:
     if not raw or raw.startswith(":memory:") or "?" in raw or "mode=memory" in raw:
         raise ConfigError(f"tracking URI {mask_credentials(uri)!r} must be sqlite:///PATH of a database file "
                           f"(an in-memory database is not shared with the trials)")
+    expand_path(raw, "--tracking-uri")  # a name too long for the file system makes even is_dir() raise
     db = Path(raw) if raw.startswith("/") else cwd / raw
     if not db.parent.is_dir():
         raise ConfigError(f"tracking store folder {str(db.parent)!r} does not exist; create it or pass "
@@ -105,16 +108,24 @@ def _sqlite_store(uri: str, cwd: Path) -> tuple[str, str]:
 
 
 def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
-    """Fail fast when a tracking server does not answer its ``/health`` endpoint.
+    """Fail fast when a tracking server does not answer its ``/health`` endpoint (credentials in
+    the URI, ``user:password@``, are sent as HTTP basic authentication, never in the request line).
 
     Raises:
         ConfigError: unreachable or unhealthy ``http(s)`` server.
     """
-    if not uri.startswith(("http://", "https://")):
+    if urllib.parse.urlsplit(uri).scheme.lower() not in ("http", "https"):
         return
     shown = mask_credentials(uri)
+    parts = urllib.parse.urlsplit(uri)
+    request = urllib.request.Request(uri.rstrip("/") + "/health")
+    if parts.username is not None or parts.password is not None:  # user:password@ -> basic auth, as MLflow does
+        host = parts.netloc.rsplit("@", 1)[1]
+        request = urllib.request.Request(urllib.parse.urlunsplit(parts._replace(netloc=host)).rstrip("/") + "/health")
+        token = f"{urllib.parse.unquote(parts.username or '')}:{urllib.parse.unquote(parts.password or '')}"
+        request.add_header("Authorization", "Basic " + base64.b64encode(token.encode()).decode("ascii"))
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as resp:
+        with urllib.request.urlopen(request, timeout=timeout_s) as resp:
             if resp.status != 200:
                 raise ConfigError(f"tracking server {shown} answered /health with HTTP {resp.status}")
     except (TimeoutError, urllib.error.URLError, ConnectionError, OSError, ValueError, http.client.HTTPException) as e:

@@ -30,7 +30,7 @@ from trainables.data.augment import prepare_for_space
 from trainables.errors import ConfigError
 from trainables.tracking import MlflowTracker
 from trainables.trial import RunSettings, run_trial
-from trainables.untrusted import check_output_folder, load_yaml_file, short
+from trainables.untrusted import check_output_folder, expand_path, load_yaml_file, short
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +138,9 @@ def replay(
         raise ConfigError(f"{path}: the file's tracking_uri {uri_arg} has its password masked; pass --tracking-uri")
     if workdir is not None:
         check_output_folder(workdir, "--workdir")
+    for option, value in (("--data-dir", data_dir), ("--teacher", teacher), ("--cache-dir", cache_dir)):
+        if value is not None:
+            expand_path(value, option)
     client, uri = _open_store(uri_arg)
     try:
         source = client.get_run(source_id)

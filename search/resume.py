@@ -24,7 +24,7 @@ import pandas as pd
 
 from search.validate import options_from_record
 from trainables.errors import ConfigError
-from trainables.untrusted import mask_credentials
+from trainables.untrusted import check_location, mask_credentials
 
 
 def find_resumable(experiment: str, tracking_uri: str | None = None, search_id: str | None = None,
@@ -84,6 +84,7 @@ def trusted_tune_path(parent: Any, storage_path: str | None, trust_recorded_stor
         raise ConfigError(f"search {sid} records no usable Tune experiment folder ({recorded!r}); it cannot be "
                           f"resumed")
     if storage_path is not None:
+        check_location(storage_path, "--storage-path")
         return str(resolve_storage_path(storage_path)).rstrip("/") + "/" + name
     if trust_recorded_storage:
         return recorded

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from search.cluster import folder_or_uri
 from trainables.errors import ConfigError
-from trainables.untrusted import mask_credentials, short
+from trainables.untrusted import check_location, mask_credentials, short
 
 #: The environment variable ``mlflow server`` reads its ``--backend-store-uri`` from.
 BACKEND_ENV = "MLFLOW_BACKEND_STORE_URI"
@@ -114,6 +114,8 @@ def server_command(opts: ServerOptions, cwd: str | Path | None = None) -> tuple[
         if value is not None and (not value.strip() or not value.isprintable()):
             raise ConfigError(f"{flag} must be non-empty printable text, got {short(value)}")
     backend = resolve_backend_store(opts.backend_store_uri, cwd)
+    if opts.artifacts_destination is not None:
+        check_location(opts.artifacts_destination, "--artifacts-destination")
     artifacts = resolve_artifacts_destination(opts.artifacts_destination, cwd)
     check_port_free(opts.host, opts.port)
     cmd = [sys.executable, "-m", "mlflow", "server", "--host", opts.host, "--port", str(opts.port),

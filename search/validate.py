@@ -27,7 +27,7 @@ from typing import Any
 
 from spaces import Space, check_trial_configs
 from trainables.errors import ConfigError
-from trainables.untrusted import check_output_folder, short
+from trainables.untrusted import check_location, check_output_folder, expand_path, short
 
 __all__ = ["MAX_EXPERIMENT_NAME", "MAX_NUM_SAMPLES", "check_experiment_name", "check_search_options",
            "check_space", "options_from_record"]
@@ -92,6 +92,10 @@ def check_search_options(opts: Any) -> None:
                         ("--tracking-uri", opts.tracking_uri)):
         if value is not None and (not isinstance(value, str) or "\x00" in value):
             raise ConfigError(f"{flag} must be text, got {short(value)}")
+    for flag, value in (("--space", opts.space), ("--data-dir", opts.data_dir), ("--teacher", opts.teacher),
+                        ("--cache-dir", opts.cache_dir), ("--storage-path", opts.storage_path)):
+        if value is not None:
+            (check_location if flag == "--storage-path" else expand_path)(value, flag)
     if opts.cache_dir is not None:
         check_output_folder(opts.cache_dir, "--cache-dir")
 

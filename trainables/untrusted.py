@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import re
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +31,16 @@ import yaml
 
 from trainables.errors import ConfigError
 
-__all__ = ["MAX_YAML_BYTES", "MAX_YAML_DEPTH", "check_output_folder", "load_yaml_file", "load_yaml_text",
-           "mask_credentials", "safe_name", "short"]
+__all__ = ["MAX_NAME_BYTES", "MAX_PATH_BYTES", "MAX_YAML_BYTES", "MAX_YAML_DEPTH", "check_location",
+           "check_output_folder", "expand_path", "load_yaml_file", "load_yaml_text", "mask_credentials", "safe_name",
+           "short"]
 
 #: Largest YAML file read (bytes). Search spaces and exported configs are a few kilobytes.
 MAX_YAML_BYTES = 256 * 1024
 #: Deepest nesting of sequences and mappings accepted in a YAML document.
 MAX_YAML_DEPTH = 64
+#: Longest file name and path accepted (bytes; Linux's NAME_MAX and PATH_MAX - 1).
+MAX_NAME_BYTES, MAX_PATH_BYTES = 255, 4095
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -95,8 +99,9 @@ def load_yaml_text(text: str, where: str) -> Any:
         ConfigError: invalid YAML, an alias, a key given twice, nesting deeper than
             :data:`MAX_YAML_DEPTH`, or a scalar Python cannot hold (an integer of thousands of digits).
     """
-    loader = _StrictLoader(text)
+    loader = None
     try:
+        loader = _StrictLoader(text)  # the reader refuses control characters here already
         return loader.get_single_data()
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
@@ -107,7 +112,8 @@ def load_yaml_text(text: str, where: str) -> Any:
         raise ConfigError(f"{where}: invalid YAML ({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''})"
                           ) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def load_yaml_file(path: str | Path, what: str = "YAML file", max_bytes: int = MAX_YAML_BYTES) -> Any:
@@ -122,10 +128,10 @@ def load_yaml_file(path: str | Path, what: str = "YAML file", max_bytes: int = M
         ConfigError: missing or unreadable file, a file above ``max_bytes``, not UTF-8, or
             any error of :func:`load_yaml_text`.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{what} {str(path)!r} does not exist")
+    path = expand_path(path, what)
     try:
+        if not path.is_file():
+            raise ConfigError(f"{what} {short(str(path))} does not exist")
         with path.open("rb") as f:
             raw = f.read(max_bytes + 1)
     except OSError as e:
@@ -139,21 +145,22 @@ def load_yaml_file(path: str | Path, what: str = "YAML file", max_bytes: int = M
     return load_yaml_text(text, str(path))
 
 
-_AUTHORITY = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)([^/?#\s]*)@")
+# scheme://user:password@ -- the password runs to the last '@' of the URI (it may hold '/' or '@' unescaped)
+_AUTHORITY = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)([^/?#\s:@]*)(:\S*)?@")
 _SECRET_QUERY = re.compile(r"(?i)([?&;](?:password|passwd|pwd|secret|token|access_token|api_key|apikey|"
                            r"secret_key|access_key|sig|signature)=)[^&;#\s]*")
 
 
 def _mask_userinfo(match: re.Match) -> str:
-    user, sep, _ = match[2].partition(":")
-    return f"{match[1]}{user}:***@" if sep else match[0]
+    return f"{match[1]}{match[2]}:***@" if match[3] is not None else match[0]
 
 
 def mask_credentials(text: str) -> str:
     """``text`` with the password of every ``scheme://user:password@host`` URI replaced by ``***``,
     and the values of ``password=``, ``token=``, ``secret=``-style query parameters too.
 
-    A password containing ``@`` is masked up to the last ``@`` before the host.
+    A password is masked up to the last ``@`` of its URI (so one holding ``/`` or ``@`` unescaped
+    is masked whole; a URI with ``@`` in its path loses a little more than its password).
     """
     if not isinstance(text, str):
         text = str(text)
@@ -168,6 +175,39 @@ def safe_name(name: str, limit: int = 100) -> str:
     return slug or "experiment"
 
 
+def expand_path(path: str | Path, option: str) -> Path:
+    """``Path(path).expanduser()``, checked: what it cannot expand (``~nosuchuser``, no home
+    folder), a NUL character, or a name the file system refuses as too long (which makes even
+    ``Path.exists`` raise) is a ConfigError naming ``option``."""
+    text = str(path)
+    if "\x00" in text:
+        raise ConfigError(f"{option} {short(text)} holds a NUL character")
+    try:
+        expanded = Path(text).expanduser()
+    except RuntimeError:
+        raise ConfigError(f"{option} {short(text)}: cannot expand '{short(text.split('/', 1)[0], 40)}' (no such user "
+                          f"or no home folder)") from None
+    if len(str(expanded).encode()) > MAX_PATH_BYTES or any(len(p.encode()) > MAX_NAME_BYTES for p in expanded.parts):
+        raise ConfigError(f"{option} {short(text)} is too long for a path ({MAX_NAME_BYTES} bytes a name, "
+                          f"{MAX_PATH_BYTES} in all)")
+    return expanded
+
+
+def check_location(value: str, option: str) -> str:
+    """``value``, a folder or a URI such as ``s3://bucket/dir`` given on the command line, checked
+    as :func:`expand_path` does and parsed as a URI.
+
+    Raises:
+        ConfigError: see :func:`expand_path`, or a URI ``urllib`` cannot parse (``s3://[x``).
+    """
+    expand_path(value, option)
+    try:
+        urllib.parse.urlsplit(value).port  # noqa: B018 -- a malformed host or port raises ValueError
+    except ValueError as e:
+        raise ConfigError(f"{option} {mask_credentials(short(value))} is malformed ({e})") from None
+    return value
+
+
 def check_output_folder(path: str | Path, option: str) -> Path:
     """The folder ``path`` (made absolute), checked before anything is written to it.
 
@@ -178,9 +218,7 @@ def check_output_folder(path: str | Path, option: str) -> Path:
     text = str(path)
     if not text.strip():
         raise ConfigError(f"{option} is empty; pass a folder")
-    if "\x00" in text:
-        raise ConfigError(f"{option} {short(text)} holds a NUL character")
-    folder = Path(text).expanduser().absolute()
+    folder = expand_path(text, option).absolute()
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"{option} {text!r} is a file; pass a folder")
     parent = folder

@@ -28,7 +28,7 @@ import numpy as np
 
 from trainables.config import TASKS
 from trainables.errors import ConfigError
-from trainables.untrusted import short
+from trainables.untrusted import expand_path, short
 
 log = logging.getLogger(__name__)
 
@@ -257,7 +257,7 @@ def local_split_path(task: str, split: str, data_dir: str | Path) -> tuple[Path,
         ConfigError: unknown split, missing folder, or no candidate file exists.
     """
     task = check_task(task)
-    root = Path(data_dir).expanduser()
+    root = expand_path(data_dir, "--data-dir")
     if not root.is_dir():
         raise ConfigError(f"data folder {str(root)!r} does not exist; pass --data-dir with a GLUE folder "
                           f"(e.g. ../shared/data/glue) or leave it unset to use the Hugging Face hub")

@@ -74,10 +74,12 @@ def check_teacher(teacher: str) -> None:
     """Fail fast (before Ray starts) on a teacher folder without a model.
 
     Raises:
-        ConfigError: a local path that exists but holds no ``config.json``, or looks like a
-            path (``/``, ``.``) and does not exist.
+        ConfigError: a local path that exists but holds no ``config.json``, looks like a
+            path (``/``, ``.``) and does not exist, or cannot be expanded (``~nosuchuser``).
     """
-    path = Path(teacher).expanduser()
+    from trainables.untrusted import expand_path
+
+    path = expand_path(teacher, "--teacher")
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ConfigError(f"teacher folder {teacher!r} has no config.json; pass a Hugging Face model folder")
@@ -209,7 +211,7 @@ def check_finetune_options(epochs: float = 2.0, lr: float = 5e-5, batch_size: in
     Raises:
         ConfigError: the first option that is not allowed (one line naming it).
     """
-    from trainables.untrusted import check_output_folder, short
+    from trainables.untrusted import check_output_folder, expand_path, short
 
     def number(flag: str, value: object, low: float, high: float, integer: bool) -> None:
         ok = isinstance(value, int if integer else (int, float)) and not isinstance(value, bool)
@@ -228,7 +230,7 @@ def check_finetune_options(epochs: float = 2.0, lr: float = 5e-5, batch_size: in
     if out is not None:
         check_output_folder(out, "--out")
     if base is not None:
-        path = Path(base).expanduser()
+        path = expand_path(base, "--base")
         if path.is_dir() and not (path / "config.json").is_file():
             raise ConfigError(f"--base {base!r} has no config.json; pass a Hugging Face model folder or hub name")
         if not path.exists() and base.startswith((".", "/", "~")):

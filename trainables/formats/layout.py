@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from trainables.errors import ConfigError
-from trainables.untrusted import short
+from trainables.untrusted import expand_path, short
 
 __all__ = ["DTYPE_SIZES", "MAX_HEADER_BYTES", "Layout", "TensorInfo", "check_state_shapes", "meta_model",
            "parse_json", "read_layout", "torch_dtype_name"]
@@ -93,10 +93,10 @@ def read_layout(path: str | Path, max_header_bytes: int = MAX_HEADER_BYTES) -> L
     Raises:
         ConfigError: missing file, or any deviation from the format described in the module doc.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"student file {str(path)!r} does not exist")
+    path = expand_path(path, "student file")
     try:
+        if not path.is_file():
+            raise ConfigError(f"student file {short(str(path))} does not exist")
         with path.open("rb") as f:
             size = path.stat().st_size
             head = f.read(8)
@@ -140,7 +140,7 @@ def _tensor_info(path: Path, name: str, spec: Any, buffer: int) -> TensorInfo:
     if not isinstance(spec, dict):
         raise _bad(path, f"tensor {short(name)} is not described by an object")
     dtype, shape, offsets = spec.get("dtype"), spec.get("shape"), spec.get("data_offsets")
-    if dtype not in DTYPE_SIZES:
+    if not isinstance(dtype, str) or dtype not in DTYPE_SIZES:
         raise _bad(path, f"tensor {short(name)} has the unknown dtype {short(dtype)}")
     if (not isinstance(shape, list) or len(shape) > MAX_DIMS
             or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_ELEMENTS for d in shape)):

@@ -339,7 +339,7 @@ def check_packing(path: Path, packing: Mapping[str, Any], expected: Mapping[str,
             entry(f"{key}/scale", "F16", (shape[0],))
             entry(f"{key}/zero", "U8", (shape[0],))
         else:
-            dtype = _DTYPES.get(spec.get("dtype"))
+            dtype = _DTYPES.get(spec.get("dtype")) if isinstance(spec.get("dtype"), str) else None
             if dtype is None:
                 raise _refuse(path, f"{short(key)} has the dtype {short(spec.get('dtype'))}; allowed: "
                                     f"{', '.join(_DTYPES)}")

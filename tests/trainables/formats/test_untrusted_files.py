@@ -10,8 +10,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from student_files import CRAFTED, real_files, split, tiny_huge_packed
+
 from trainables.errors import ConfigError
 from trainables.formats import load_packed, load_student, read_metadata, size_breakdown
 from trainables.formats.layout import MAX_HEADER_BYTES, read_layout
@@ -57,8 +57,9 @@ def test_a_consistent_file_of_kilobytes_asking_for_16_gb_is_refused(tmp_path):
 def test_layout_messages_name_what_is_wrong(files, tmp_path):
     _, dense, _ = files
     cases = {"overlapping offsets": "overlaps", "negative offset": "outside", "unknown dtype": "unknown dtype 'F7'",
-             "header length 2^63": f"above the limit of {MAX_HEADER_BYTES:,}", "truncated buffer": "outside", "one byte appended": "cover",
-             "header length past the end": "truncated", "transposed shape": "config makes it"}
+             "header length 2^63": f"above the limit of {MAX_HEADER_BYTES:,}", "truncated buffer": "outside",
+             "one byte appended": "cover", "header length past the end": "truncated",
+             "transposed shape": "config makes it"}
     for name, fragment in cases.items():
         path = tmp_path / f"{name}.safetensors"
         path.write_bytes(CRAFTED[name](dense, dense))
