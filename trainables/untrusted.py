@@ -185,7 +185,7 @@ def expand_path(path: str | Path, option: str) -> Path:
     try:
         expanded = Path(text).expanduser()
     except RuntimeError:
-        raise ConfigError(f"{option} {short(text)}: cannot expand '{short(text.split('/', 1)[0], 40)}' (no such user "
+        raise ConfigError(f"{option} {short(text)}: cannot expand {short(text.split('/', 1)[0], 40)} (no such user "
                           f"or no home folder)") from None
     if len(str(expanded).encode()) > MAX_PATH_BYTES or any(len(p.encode()) > MAX_NAME_BYTES for p in expanded.parts):
         raise ConfigError(f"{option} {short(text)} is too long for a path ({MAX_NAME_BYTES} bytes a name, "
