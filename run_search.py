@@ -45,7 +45,7 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the sampler and of every trial")
     p.add_argument("--sampler", default=d.sampler, help=f"Optuna sampler: {', '.join(SAMPLERS)} (default %(default)s)")
     p.add_argument("--objectives", default=None,
-                   help="e.g. accuracy:max,size_bytes:min (default: the space's, else accuracy, size_bytes, energy_j)")
+                   help="e.g. val_accuracy:max,size_bytes:min (default: the space's, else val_accuracy, size_bytes, energy_j)")
     p.add_argument("--address", default=None, help="Ray cluster: auto, HOST:PORT or ray://HOST:PORT; unset: local Ray")
     p.add_argument("--cpus-per-trial", type=float, default=d.cpus_per_trial)
     p.add_argument("--gpus-per-trial", type=float, default=d.gpus_per_trial)
@@ -58,6 +58,23 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pue", type=float, default=d.pue, help="power usage effectiveness for CO2e (default 1.59)")
     p.add_argument("--kg-per-kwh", type=float, default=d.kg_per_kwh, help="carbon intensity (default 0.430)")
     p.add_argument("--verbose", type=int, default=d.verbose, help="Ray Tune verbosity 0-3")
+    p.add_argument("--scheduler", default=d.scheduler,
+                   help="fifo (every trial runs all its epochs) or moasha (multi-objective successive halving "
+                        "stops dominated trials at rungs; default %(default)s)")
+    p.add_argument("--reduction-factor", type=float, default=d.reduction_factor,
+                   help="moasha: eta, the top 1/eta of a rung continue (default %(default)s)")
+    p.add_argument("--grace-period", type=int, default=d.grace_period,
+                   help="moasha: epochs before the first rung (default %(default)s)")
+    p.add_argument("--time-budget-s", type=float, default=None,
+                   help="end the search after this many seconds (started trials are closed)")
+    p.add_argument("--hv-reference", default=None,
+                   help="hypervolume reference, one number per objective, sizes on log10 bytes "
+                        "(default: fixed per task: majority-class accuracy, the teacher's size)")
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction,
+                   help="share of the training split held out for validation, what the search selects on "
+                        "(default %(default)s)")
+    p.add_argument("--val-size", type=int, default=d.val_size,
+                   help="validation rows instead of --val-fraction (default: use the fraction)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="fix a trial-config key in every trial (repeatable), e.g. --set epochs=1")
     p.set_defaults(func=_cmd_search)

@@ -91,5 +91,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
                            objectives=args.objectives)
     for path in paths:
         print(path)
-    print(f"{len(paths)} config(s) exported; replay one with `python run_search.py replay {paths[0]}`")
+    import yaml
+
+    selected_on = yaml.safe_load(paths[0].read_text(encoding="utf-8")).get("selected_on", "")
+    print(f"{len(paths)} config(s) exported (selected on {selected_on}); replay one with "
+          f"`python run_search.py replay {paths[0]}`")
     return 0

@@ -20,7 +20,8 @@ full resolved trial config, typed, from the run's params via
 :func:`trainables.config.resolve_config`), ``source_run_id``, ``experiment``,
 ``tracking_uri``, ``metrics`` (the run's final metrics), ``model_uri``
 (``runs:/<id>/model/student.safetensors``, or ``student.packed.safetensors`` after a prune or
-quantize stage) and, for provenance, ``selector``, ``search_id``,
+quantize stage) and, for provenance, ``selector``, ``selected_on`` (the objectives or the metric the
+selection used: the search's ``val_accuracy``, never the dev ``accuracy``, unless asked), ``search_id``,
 ``parent_run_id`` and ``trial_id``.
 
 :func:`search.replay.replay` re-runs such a file as a new MLflow run.
@@ -277,6 +278,7 @@ def export_configs(
             "metrics": {c: float(row[c]) for c in metric_cols if pd.notna(row[c])},
             "model_uri": _model_uri(client, run_id, config),
             "selector": select.strip(),
+            "selected_on": (",".join(f"{k}:{v}" for k, v in objs.items()) if objs else sel.metric or ""),
             "search_id": search,
             "parent_run_id": parent.info.run_id,
             "trial_id": str(row.get("tag.trial_id", "")) if pd.notna(row.get("tag.trial_id")) else "",

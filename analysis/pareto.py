@@ -297,3 +297,73 @@ def hypervolume_history(
             current = float(moocore.hypervolume(front, ref=ref))
         history[i] = current
     return history
+
+
+#: Objectives whose hypervolume is taken on ``log10`` of their value, so that every order of
+#: magnitude of size weighs the same (a student 10x smaller gains as much at 1 MB as at 10 kB).
+LOG_SCALE_OBJECTIVES = frozenset({"size_bytes", "gzip_bytes", "fp32_bytes", "weights_bytes", "num_params",
+                                  "nonzero_params"})
+_ACCURACY_OBJECTIVES = frozenset({"val_accuracy", "accuracy", "accuracy_mismatched", "accuracy_mean"})
+#: Fixed reference values of objectives no task property bounds (in their own units): a bound
+#: no student trial of this service reaches, so every trial that measured them adds volume.
+_FIXED_REFERENCE = {"energy_j": 3.6e6, "co2e_kg": 1.59 * 0.430, "energy_inference_j_per_1k": 1000.0,
+                    "latency_ms": 1000.0, "throughput": 0.0, "train_time_s": 86400.0}
+
+
+def hv_scale(values: object, objectives: Mapping[str, str]) -> np.ndarray:
+    """Objective values on the hypervolume scale: ``log10`` for :data:`LOG_SCALE_OBJECTIVES`, as is otherwise.
+
+    Args:
+        values: shape ``(n, m)``, columns in the order of ``objectives``.
+        objectives: ``{metric: "max"|"min"}``.
+
+    Returns:
+        float array ``(n, m)``; a non-positive size becomes NaN (ignored by :func:`hypervolume`).
+    """
+    arr = np.array(values, dtype=float).reshape(-1, len(objectives))
+    for j, name in enumerate(objectives):
+        if name in LOG_SCALE_OBJECTIVES:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                arr[:, j] = np.where(arr[:, j] > 0, np.log10(np.where(arr[:, j] > 0, arr[:, j], 1.0)), np.nan)
+    return arr
+
+
+def task_reference(objectives: Mapping[str, str], majority_accuracy: float, teacher_bytes: float | None,
+                   f1_of_majority: float = 0.0) -> list[float]:
+    """The fixed hypervolume reference point of a task and its objectives, on :func:`hv_scale`.
+
+    Two searches of the same task and objectives get the same point, so their hypervolumes
+    compare. Per objective:
+
+    - accuracies (``val_accuracy``, ``accuracy``, ...): the majority-class accuracy of the dev
+      set (percent): a student must beat the constant classifier to add volume;
+    - ``f1``: the F1 of the majority-class classifier (percent; 0 when the majority is negative);
+    - sizes (bytes): ``log10`` of the teacher's float32 parameter bytes; parameter counts:
+      ``log10`` of the teacher's parameters (bytes / 4): a student must be smaller than the teacher;
+    - energy and speed objectives: the fixed bounds of ``_FIXED_REFERENCE`` (1 kWh of training
+      energy, its CO2e at PUE 1.59 and 0.430 kg/kWh, 1000 J per 1k inferences, 1 s latency,
+      0 examples/s, one day of training).
+
+    Raises:
+        ConfigError: a size objective without the teacher's size, or an objective with no rule.
+
+    Example:
+        >>> task_reference({"val_accuracy": "max", "size_bytes": "min"}, 50.92, 1e8)
+        [50.92, 8.0]
+    """
+    out = []
+    for name in objectives:
+        if name in _ACCURACY_OBJECTIVES:
+            out.append(float(majority_accuracy))
+        elif name == "f1":
+            out.append(float(f1_of_majority))
+        elif name in LOG_SCALE_OBJECTIVES:
+            if not teacher_bytes:
+                raise ConfigError(f"objective {name!r} needs the teacher's size for its hypervolume reference; "
+                                  f"pass --hv-reference")
+            out.append(float(np.log10(teacher_bytes / (4.0 if "params" in name else 1.0))))
+        elif name in _FIXED_REFERENCE:
+            out.append(float(_FIXED_REFERENCE[name]))
+        else:
+            raise ConfigError(f"no fixed hypervolume reference for objective {name!r}; pass --hv-reference")
+    return out

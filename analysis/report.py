@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.expected_max import budget_axis, expected_max, expected_max_unbiased
-from analysis.pareto import default_reference, hypervolume_history, pareto_ranks
+from analysis.pareto import default_reference, hv_scale, hypervolume_history, pareto_ranks
 from analysis.plots import NOT_RANDOM_NOTE, plot_expected_max, plot_hypervolume_history, plot_pairwise, plot_skyline
 from analysis.runs import PARAM_PREFIX, TAG_PREFIX, _column, _load, _objectives, _open_store, _require_metrics
 from trainables.errors import ConfigError
@@ -217,6 +217,30 @@ def _finite_reference(reference: Sequence[float]) -> None:
         raise ConfigError(f"hypervolume reference must be finite numbers, got {short(reference)}")
 
 
+def _hv_inputs(parent: Any, objs: Mapping[str, str], values: np.ndarray, reference: Sequence[float] | None
+               ) -> tuple[np.ndarray, np.ndarray, str]:
+    """``(values, reference, note)`` of the hypervolume: the search's own fixed reference point
+    (parent param ``hypervolume_reference``, on :func:`analysis.pareto.hv_scale`, sizes on log10
+    bytes) when the search recorded one for these objectives and no ``reference`` is given, so
+    that ``analyze`` reports what the search logged; otherwise the raw values with ``reference``
+    or :func:`analysis.pareto.default_reference`.
+
+    Raises:
+        ConfigError: a malformed ``reference``.
+    """
+    recorded = parent.data.params.get("hypervolume_reference")
+    same_objectives = parent.data.params.get("objectives") == ",".join(f"{k}:{v}" for k, v in objs.items())
+    if reference is None and recorded and same_objectives:
+        try:
+            ref = np.array([float(v) for v in recorded.split(",")], dtype=float)
+        except ValueError:
+            ref = None
+        if ref is not None and ref.size == len(objs):
+            return hv_scale(values, objs), ref, "the search's fixed reference; sizes on log10 bytes"
+    ref = _reference(reference, values, list(objs.values()))
+    return values, ref, "given reference" if reference is not None else "padded nadir of these trials"
+
+
 def analyze(
     tracking_uri: str | None,
     experiment: str,
@@ -268,7 +292,7 @@ def analyze(
     metric = _emp_metric(objs, df, emp_metric)
     directions = list(objs.values())
     values = df[list(objs)].to_numpy(dtype=float)
-    ref = _reference(reference, values, directions)
+    hv_values, ref, ref_note = _hv_inputs(parent, objs, values, reference)
     ranks = pareto_ranks(values, directions)
     df["pareto_rank"] = ranks
     _tag_ranks(client, df, ranks)
@@ -296,11 +320,11 @@ def analyze(
         notes.append("accuracy or size_bytes was not logged: no skyline plot")
     if len(objs) >= 3:
         figures.append((plot_pairwise(df, objs, ranks, path=out / "pairwise.png"), "pairwise objectives"))
-    hv = hypervolume_history(values, directions, ref)
+    hv = hypervolume_history(hv_values, directions, ref)
     figures.append((plot_hypervolume_history(hv, x=df["trial_order"].to_numpy() + 1,
                                              x_label="trials started (failed ones included)",
                                              path=out / "hypervolume.png"),
-                    f"hypervolume, reference {', '.join(f'{k}={v:.6g}' for k, v in zip(objs, ref))}"))
+                    f"hypervolume, reference {', '.join(f'{k}={v:.6g}' for k, v in zip(objs, ref))} ({ref_note})"))
     figures += _emp_plots(df, groups, metric, warn, out, notes)
     files += [p for p, _ in figures]
 

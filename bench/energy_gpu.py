@@ -90,7 +90,7 @@ def same_windows(data: Any, cfg: dict[str, Any], device: str, interval_s: float,
     Returns:
         One row per epoch and a ``total`` row: ``epoch``, ``seconds``, ``counter_j``,
         ``sampling_j`` (joules), ``diff_pct``, ``counter_method``, ``sampling_method``,
-        ``devices``, ``accuracy`` (dev, percent).
+        ``devices``, ``val_accuracy`` (validation split, percent).
     """
     from trainables.config import resolve_config
     from trainables.energy import NvmlMeter
@@ -116,17 +116,17 @@ def same_windows(data: Any, cfg: dict[str, Any], device: str, interval_s: float,
         c, s = stop()
         out.append({"epoch": str(int(row["epoch"])), "seconds": c.seconds, "counter_j": c.joules,
                     "sampling_j": s.joules, "counter_method": c.method, "sampling_method": s.method,
-                    "devices": ",".join(c.devices), "accuracy": row["accuracy"]})
+                    "devices": ",".join(c.devices), "val_accuracy": row["val_accuracy"]})
         start()
 
     start()
-    train(prep.model, prep.train_enc, prep.dev_enc, cfg, on_epoch, prep.aux_loss)
+    train(prep.model, prep.train_enc, prep.val_enc, cfg, on_epoch, prep.aux_loss)
     stop()  # the window after the last epoch (restoring the best weights) is not training
     table = pd.DataFrame(out)
     total = {"epoch": "total", "seconds": table["seconds"].sum(), "counter_j": _sum(table["counter_j"]),
              "sampling_j": _sum(table["sampling_j"]), "counter_method": ",".join(sorted(set(table["counter_method"]))),
              "sampling_method": ",".join(sorted(set(table["sampling_method"]))),
-             "devices": table["devices"].iloc[-1], "accuracy": table["accuracy"].iloc[-1]}
+             "devices": table["devices"].iloc[-1], "val_accuracy": table["val_accuracy"].iloc[-1]}
     table = pd.concat([table, pd.DataFrame([total])], ignore_index=True)
     table["diff_pct"] = [diff_pct(c, s) for c, s in zip(table["counter_j"], table["sampling_j"])]
     return table

@@ -1,37 +1,50 @@
-"""Benchmark: how many trials random search, TPE, NSGA-II and GP need for the same Pareto front.
+"""Benchmark: CPU time the search needs for the same Pareto front: samplers x schedulers, and Syne Tune.
 
-Every sampler gets the same search space (``bench/spaces/efficiency.yaml``: fast FFN students,
-2,000 SST-2 training rows, one epoch), the same trial budget and the same seeds. Each trial is a
-real :func:`trainables.trial.run_trial` on SST-2 with the teacher's logits; accuracy is dev
-accuracy of the saved student, size its ``size_bytes``.
+Every method runs the real service, :func:`search.tuner.run_search` (Ray Tune, Optuna sampler,
+scheduler, one MLflow child run per trial), on SST-2 with ``bench/spaces/efficiency.yaml``
+(FFN/RNN/BiLSTM students over hash/BPE/character embeddings, 2,000 training rows, 5 epochs, no
+early stopping; objectives ``val_accuracy`` max and ``size_bytes`` min), ``--trials`` trials one
+at a time (``--max-concurrent 1``, 1 CPU per trial), once per repetition ``r`` with
+``--seed r`` (the sampler's seed, the trial seed and the validation split's seed all vary):
 
-Hypervolume: objectives accuracy (max, percent) and **log10(size_bytes)** (min), so that halving a
-10 kB model counts as much as halving a 1 MB one. One reference point is shared by all samplers
-and seeds: :func:`analysis.pareto.default_reference` (the nadir padded by 10% of the range) over
-*all* trials of the benchmark. The target is random search's final hypervolume (median over
-seeds); for each sampler the benchmark prints the hypervolume after n trials and the number of
-trials it needs to reach the target (median over seeds; a seed that never reaches it counts as
-infinitely many, so the median can be "not reached").
+- ``random+fifo``, ``tpe+fifo``: every trial runs all its epochs;
+- ``random+moasha``, ``tpe+moasha``: ``--scheduler moasha`` (multi-objective asynchronous
+  successive halving, :mod:`search.moasha`; ``--reduction-factor``, ``--grace-period``), whose
+  stopped trials finish from their best epoch;
+- ``syne-tune``: the peer, Syne Tune's ``MOASHA`` (random configs, the same rungs) with its local
+  backend, running the same trial code (``bench/syne_tune_trial.py``; ``bench/syne_tune_moasha.py``
+  under ``--syne-tune-python``). A trial it stops is killed, so its result is its best reported
+  epoch (the epoch a graceful stop would have saved).
 
-Why not through Ray Tune: this measures the *samplers'* efficiency (front quality per trial),
-not the service. The samplers are the service's own (:func:`search.tuner.make_sampler`, seeded,
-default settings), the distributions are the service's own (Ray's
-``OptunaSearch.convert_search_space`` of the space's Tune domains), and each trial runs the same
-trainable; only the scheduling is replaced by a sequential Optuna ask/tell loop, which removes
-Ray's start-up and per-trial overhead (see ``bench/overhead.py`` for that) and lets identical
-configs be memoised: a trial is deterministic for its config (fixed trial seed, deterministic
-CPU training), so a config asked again, by any sampler or seed, is told the stored result.
+**Hypervolume**: of ``(val_accuracy, log10 size_bytes)`` against the fixed SST-2 reference
+point the service logs on each parent run (``hypervolume_reference``,
+:func:`analysis.pareto.task_reference`: dev majority-class accuracy 50.92%, log10 of the
+teacher's float32 bytes), in percent x decades of bytes, after each trial in the order trials
+finished. The service's own ``hypervolume`` metric on the parent run must agree (checked).
 
-Note on defaults: TPE and GP sample at random for their first 10 trials and NSGA-II for its first
-generation, whose size the service sets to the budget (``clip(trials // 4, 4, 50)``, see
-:func:`search.tuner.make_sampler`). Seeded alike, all four draw the *same* random configs at
-first (Optuna's ``RandomSampler`` with that seed), so seeds pair the samplers (common random
-numbers): their curves coincide until each starts modelling.
+**CPU time** of a trial: the user + system CPU seconds of the trial's process over its
+distillation epochs, read by the trial itself with ``getrusage`` (the searches run with
+``--cpu-watts-per-core 1``, so the trial's ``energy_j`` estimate in joules equals its CPU
+seconds; :class:`trainables.energy.CpuEstimateMeter`). It is not inflated when other processes
+load the machine, unlike wall time. It leaves out each trial's fixed part outside the epochs
+(building the vocabulary, evaluating the saved student, logging); the table gives that part's
+mean wall seconds per trial, and the CPU seconds of the searches' whole trials are not
+measured. Ray's, Tune's and Syne Tune's own processes are not counted either.
+
+**Target**: random+FIFO's final hypervolume, median over repetitions (the lower median for an
+even count, so that one repetition reached it). For each method and
+repetition: the cumulative trial CPU seconds at which its hypervolume first reaches the
+target (never: infinite); the table gives the median over repetitions and its ratio to
+random+FIFO's. The goal: TPE+MO-ASHA at most a third of random+FIFO's, and below Syne Tune's.
+
+**Scale**: the first repetition's random+FIFO search again with 2 trials at a time
+(``--max-concurrent 2``; the random sampler draws the same configs), trials finished per hour
+over the span from the first trial's start to the last trial's end, against 1 at a time.
 
 Usage:
-    python -m bench.search_efficiency --quick          # 4 samplers x 3 seeds x 24 trials (about 5 minutes)
-    python -m bench.search_efficiency                  # 4 samplers x 5 seeds x 50 trials
-    python -m bench.search_efficiency --samplers random,tpe --seeds 0 1 --trials 30
+    python -m bench.search_efficiency --quick     # 2 repetitions x 8 trials x 5 methods + scale
+    python -m bench.search_efficiency             # 3 repetitions x 30 trials x 5 methods + scale
+    python -m bench.search_efficiency --methods random+fifo,tpe+moasha --seeds 0 --trials 4 --no-scale
 """
 
 from __future__ import annotations
@@ -40,6 +53,8 @@ import json
 import math
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -51,7 +66,6 @@ from bench._common import (
     ROOT,
     check_tracking,
     describe_load,
-    load_sst2,
     log_run,
     main_guard,
     parser,
@@ -59,183 +73,324 @@ from bench._common import (
 )
 
 SPACE = ROOT / "bench" / "spaces" / "efficiency.yaml"
-SAMPLERS = ("random", "tpe", "nsga2", "gp")
+SERVICE_METHODS = ("random+fifo", "tpe+fifo", "random+moasha", "tpe+moasha")
+SYNE_TUNE = "syne-tune"
+METHODS = (*SERVICE_METHODS, SYNE_TUNE)
+BASELINE = "random+fifo"
+SEARCH_EXPERIMENT = "bench-search-efficiency-searches"
+OBJECTIVES = {"val_accuracy": "max", "size_bytes": "min"}
 
 
-def optuna_distributions(space):
-    """The Optuna distributions the service hands its sampler for ``space`` (via Ray's converter)."""
-    from ray.tune.search.optuna import OptunaSearch
+def cpu_to_reach(hv: np.ndarray, cpu: np.ndarray, target: float) -> float:
+    """Cumulative CPU seconds at which the hypervolume curve ``hv`` first reaches ``target``.
 
-    return OptunaSearch.convert_search_space(space.tune_space())
+    Args:
+        hv: hypervolume after each trial, shape ``(n,)``, non-decreasing.
+        cpu: cumulative CPU seconds after each trial, shape ``(n,)``.
+        target: the hypervolume to reach (same units as ``hv``).
+
+    Returns:
+        Seconds; ``inf`` when the curve never reaches the target (within a relative 1e-9).
+    """
+    hit = np.flatnonzero(np.asarray(hv, dtype=float) >= target * (1 - 1e-9))
+    return float(np.asarray(cpu, dtype=float)[hit[0]]) if hit.size else math.inf
 
 
-def run_sampler(name, seed, trials, space, dists, evaluate):
-    """Ask/tell ``trials`` configs from the seeded service sampler ``name``; one row per trial."""
-    import optuna
+def hv_curve(rows: pd.DataFrame, reference: list[float]) -> np.ndarray:
+    """Hypervolume after each row of ``rows`` (in order), on (val_accuracy, log10 size_bytes)."""
+    from analysis.pareto import hv_scale, hypervolume_history
 
-    from search.tuner import make_sampler
+    if rows.empty:
+        return np.zeros(0)
+    values = hv_scale(rows[list(OBJECTIVES)].to_numpy(dtype=float), OBJECTIVES)
+    return hypervolume_history(values, list(OBJECTIVES.values()), reference)
 
-    objectives = space.objectives
-    study = optuna.create_study(directions=["maximize" if d == "max" else "minimize" for d in objectives.values()],
-                                sampler=make_sampler(name, seed, trials))
+
+def service_search(args, method: str, seed: int, trials: int, concurrent: int, storage: str) -> dict:
+    """One ``run_search`` for ``method`` (``sampler+scheduler``); its trials (in finishing order),
+    reference point, logged hypervolume and wall seconds."""
+    from mlflow.tracking import MlflowClient
+
+    from analysis.runs import load_trials
+    from run_search import parse_overrides
+    from search.tuner import SearchOptions, run_search
+
+    sampler, scheduler = method.split("+")
+    opts = SearchOptions(task="sst2", space=args.space, data_dir=args.data_dir, teacher=args.teacher,
+                         num_samples=trials, max_concurrent=concurrent, experiment=SEARCH_EXPERIMENT,
+                         tracking_uri=args.tracking_uri, seed=seed, sampler=sampler, cpus_per_trial=1.0,
+                         cache_dir=args.cache_dir, storage_path=storage, verbose=0, scheduler=scheduler,
+                         reduction_factor=args.reduction_factor, grace_period=args.grace_period,
+                         cpu_watts_per_core=1.0, overrides=parse_overrides(args.overrides))
+    t0 = time.perf_counter()
+    front = run_search(opts)
+    wall = time.perf_counter() - t0
+    uri, _ = check_tracking(args.tracking_uri)
+    client = MlflowClient(uri)
+    parent_id = client.get_run(front["run_id"].iloc[0]).data.tags["mlflow.parentRunId"]
+    parent = client.get_run(parent_id)
+    runs = load_trials(uri, SEARCH_EXPERIMENT, parent_id).sort_values("end_time").reset_index(drop=True)
+    stopped = runs["tag.early_stopped"] if "tag.early_stopped" in runs else pd.Series("", index=runs.index)
+    seconds = (runs["end_time"] - runs["start_time"]).dt.total_seconds()
+    trials_df = pd.DataFrame({
+        "method": method, "seed": seed, "concurrent": concurrent, "trial_id": runs["tag.trial_id"],
+        "val_accuracy": runs["val_accuracy"], "size_bytes": runs["size_bytes"], "accuracy": runs["accuracy"],
+        "cpu_s": runs["energy_j"], "train_time_s": runs["train_time_s"], "trial_wall_s": seconds,
+        "outside_epochs_s": seconds - runs["train_time_s"], "early_stopped": stopped.fillna("") == "true",
+        "start": runs["start_time"].map(lambda t: t.timestamp()), "end": runs["end_time"].map(lambda t: t.timestamp()),
+        "student": runs["param.student"], "embedding": runs["param.embedding"]})
+    reference = [float(v) for v in parent.data.params["hypervolume_reference"].split(",")]
+    return {"trials": trials_df, "reference": reference, "wall_s": wall, "parent_id": parent_id,
+            "logged_hv": parent.data.metrics.get("hypervolume", math.nan)}
+
+
+def syne_tune_ready(python: str) -> str | None:
+    """``None`` when ``python`` imports syne_tune's MOASHA, else why not (one line)."""
+    try:
+        out = subprocess.run([python, "-c", "from syne_tune.optimizer.schedulers.multiobjective.moasha import MOASHA"],
+                             capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"{python}: {type(e).__name__}: {e}"
+    if out.returncode:
+        last = (out.stderr.strip().splitlines() or ["import failed"])[-1]
+        return f"{python} cannot import Syne Tune's MOASHA ({last}); pip install syne-tune, or pass --syne-tune-python"
+    return None
+
+
+def syne_tune_search(args, seed: int, trials: int, workdir: Path) -> dict:
+    """One Syne Tune MOASHA search (``bench/syne_tune_moasha.py`` under ``--syne-tune-python``);
+    one row per trial: its best reported epoch, CPU seconds up to its last epoch."""
+    log_file = workdir / f"syne-tune-{seed}.jsonl"
+    cmd = [args.syne_tune_python, "-m", "bench.syne_tune_moasha", "--space", args.space, "--trials", str(trials),
+           "--seed", str(seed), "--grace-period", str(args.grace_period),
+           "--reduction-factor", str(args.reduction_factor), "--data-dir", args.data_dir, "--teacher", args.teacher,
+           "--log-file", str(log_file), *(["--cache-dir", args.cache_dir] if args.cache_dir else []),
+           *[a for item in args.overrides for a in ("--set", item)]]
+    env = {**os.environ, "SYNETUNE_FOLDER": str(workdir / f"syne-tune-{seed}")}
+    t0 = time.perf_counter()
+    with (workdir / f"syne-tune-{seed}.out").open("w") as out:
+        done = subprocess.run(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
+    wall = time.perf_counter() - t0
+    if done.returncode:
+        tail = (workdir / f"syne-tune-{seed}.out").read_text().strip().splitlines()[-5:]
+        raise RuntimeError(f"Syne Tune search failed (exit {done.returncode}): {' | '.join(tail)}")
+    epochs = pd.DataFrame([json.loads(line) for line in log_file.read_text().splitlines() if line.strip()])
     rows = []
-    for n in range(1, trials + 1):
-        t0 = time.perf_counter()
-        trial = study.ask(dists)
-        ask_s = time.perf_counter() - t0
-        metrics, cached = evaluate({**space.fixed, **trial.params})
-        if metrics is None:
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            values = [math.nan] * len(objectives)
-        else:
-            values = [float(metrics[m]) for m in objectives]
-            study.tell(trial, values)
-        rows.append({"sampler": name, "seed": seed, "trial": n, **trial.params,
-                     **dict(zip(objectives, values)), "cached": cached, "ask_s": ask_s})
-    return rows
+    for trial_id, g in epochs.groupby("trial_id", sort=False):
+        g = g.sort_values("epoch")
+        best = g.loc[g["val_accuracy"].idxmax()]
+        cfg = g["config"].iloc[0]
+        rows.append({"method": SYNE_TUNE, "seed": seed, "concurrent": 1, "trial_id": str(trial_id),
+                     "val_accuracy": best["val_accuracy"], "size_bytes": best["size_bytes"], "accuracy": math.nan,
+                     "cpu_s": g["cpu_s"].iloc[-1], "train_time_s": g["wall_s"].iloc[-1], "trial_wall_s": math.nan,
+                     "outside_epochs_s": math.nan, "early_stopped": int(g["epoch"].iloc[-1]) < int(cfg["epochs"]),
+                     "start": g["time"].iloc[0] - g["wall_s"].iloc[0], "end": g["time"].iloc[-1],
+                     "student": cfg["student"], "embedding": cfg["embedding"]})
+    trials_df = pd.DataFrame(rows).sort_values("end").reset_index(drop=True)
+    return {"trials": trials_df, "wall_s": wall}
 
 
-def trials_to_reach(history: np.ndarray, target: float) -> float:
-    """1-based trial count at which ``history`` first reaches ``target`` (inf if never)."""
-    hit = np.flatnonzero(history >= target * (1 - 1e-12))
-    return float(hit[0] + 1) if hit.size else math.inf
-
-
-def fmt_trials(x: float) -> str:
-    return "not reached" if not math.isfinite(x) else f"{x:g}"
+def fmt_s(x: float) -> str:
+    return "not reached" if not math.isfinite(x) else f"{x:.0f}"
 
 
 def main(argv=None):
-    ap = parser(__doc__)
-    ap.add_argument("--samplers", default=",".join(SAMPLERS), help="comma-separated (default %(default)s)")
-    ap.add_argument("--seeds", type=int, nargs="+", default=None, help="sampler seeds (default 0-4; quick 0-2)")
-    ap.add_argument("--trials", type=int, default=None, help="trial budget per search (default 50; quick 24)")
-    ap.add_argument("--space", default=str(SPACE), help="search space (default %(default)s)")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads per trial (default 1, as the service)")
-    args = ap.parse_args(argv)
-    seeds = args.seeds or ([0, 1, 2] if args.quick else [0, 1, 2, 3, 4])
-    budget = args.trials or (24 if args.quick else 50)
-    samplers = [s.strip() for s in args.samplers.split(",") if s.strip()]
-
-    import optuna
-
-    from analysis.pareto import default_reference, hypervolume_history
-    from spaces import load_space
+    from run_search import parse_overrides
+    from search.tuner import SearchOptions, plan_search
     from trainables.errors import ConfigError
-    from trainables.trial import RunSettings, run_trial
 
-    bad = [s for s in samplers if s not in SAMPLERS]
-    if bad or "random" not in samplers:
-        raise ConfigError(f"--samplers must include random and only name {', '.join(SAMPLERS)}; got {args.samplers!r}")
-    check_tracking(args.tracking_uri)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    ap = parser(__doc__)
+    ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated (default %(default)s)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=None, help="repetitions' seeds (default 0 1 2; quick 0 1)")
+    ap.add_argument("--trials", type=int, default=None, help="trials per search (default 30; quick 8)")
+    ap.add_argument("--space", default=str(SPACE), help="search space (default %(default)s)")
+    ap.add_argument("--reduction-factor", type=float, default=3.0, help="MO-ASHA's (default %(default)s)")
+    ap.add_argument("--grace-period", type=int, default=1, help="MO-ASHA's, in epochs (default %(default)s)")
+    ap.add_argument("--syne-tune-python", default=sys.executable,
+                    help="a Python with syne-tune installed, for the peer (default: this one)")
+    ap.add_argument("--no-scale", action="store_true", help="skip the 2-trials-at-a-time search")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="fix a trial-config key in every search, as run_search.py's --set")
+    args = ap.parse_args(argv)
+    seeds = args.seeds or ([0, 1] if args.quick else [0, 1, 2])
+    trials = args.trials or (8 if args.quick else 30)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    bad = [m for m in methods if m not in METHODS]
+    if bad or BASELINE not in methods:
+        raise ConfigError(f"--methods must include {BASELINE} and only name {', '.join(METHODS)}; got {args.methods!r}")
+    if trials < 1:
+        raise ConfigError(f"--trials must be at least 1, got {trials}")
+    storage = tempfile.mkdtemp(prefix="bench-search-efficiency-")
+    for method in SERVICE_METHODS:  # every option checked before any work
+        if method in methods:
+            sampler, scheduler = method.split("+")
+            plan_search(SearchOptions(task="sst2", space=args.space, data_dir=args.data_dir, teacher=args.teacher,
+                                      num_samples=trials, max_concurrent=1, experiment=SEARCH_EXPERIMENT,
+                                      tracking_uri=args.tracking_uri, seed=seeds[0], sampler=sampler,
+                                      cache_dir=args.cache_dir, storage_path=storage, scheduler=scheduler,
+                                      reduction_factor=args.reduction_factor, grace_period=args.grace_period,
+                                      cpu_watts_per_core=1.0, overrides=parse_overrides(args.overrides)))
+    not_run: dict[str, str] = {}
+    if SYNE_TUNE in methods:
+        why = syne_tune_ready(args.syne_tune_python)
+        if why:
+            not_run[SYNE_TUNE] = why
+            print(f"{SYNE_TUNE}: not run ({why})", flush=True)
+
+    import ray
+
+    from search.cluster import connect
+
     load_start = describe_load("start")
     t_start = time.perf_counter()
-    space = load_space(args.space)
-    objectives = space.objectives or {"accuracy": "max", "size_bytes": "min"}
-    space.objectives = objectives
-    if list(objectives) != ["accuracy", "size_bytes"]:
-        raise ConfigError(f"{args.space}: this benchmark needs objectives accuracy (max), size_bytes (min)")
-    data = load_sst2(args.data_dir, args.teacher, args.cache_dir)
-    dists = optuna_distributions(space)
-    print(f"space {args.space}: searched {', '.join(dists)}; fixed {space.fixed}", flush=True)
-    print(f"samplers {', '.join(samplers)}; seeds {seeds}; {budget} trials each", flush=True)
+    print(f"methods {', '.join(methods)}; seeds {seeds}; {trials} trials per search, 1 at a time", flush=True)
+    connect(None)  # one local Ray for every search (run_search finds it running)
+    frames, searches, reference = [], [], None
+    try:
+        for seed in seeds:
+            for method in methods:
+                if method in not_run:
+                    continue
+                t0 = time.perf_counter()
+                try:
+                    if method == SYNE_TUNE:
+                        out = syne_tune_search(args, seed, trials, Path(storage))
+                    else:
+                        out = service_search(args, method, seed, trials, 1, storage)
+                        reference = reference or out["reference"]
+                except (RuntimeError, OSError) as e:  # the peer's failure must not lose the service's figures
+                    if method != SYNE_TUNE:
+                        raise
+                    not_run[method] = str(e)[:500]
+                    print(f"{method}: failed ({not_run[method]})", flush=True)
+                    continue
+                frames.append(out["trials"])
+                searches.append({"method": method, "seed": seed, "concurrent": 1, "wall_s": out["wall_s"],
+                                 "logged_hv": out.get("logged_hv", math.nan), "trials": len(out["trials"])})
+                print(f"{method} seed {seed}: {len(out['trials'])} trials in {time.perf_counter() - t0:.0f} s, "
+                      f"trial CPU {out['trials']['cpu_s'].sum():.0f} s", flush=True)
+        scale = None
+        if not args.no_scale:
+            t0 = time.perf_counter()
+            out = service_search(args, BASELINE, seeds[0], trials, 2, storage)
+            scale = out["trials"]
+            searches.append({"method": BASELINE, "seed": seeds[0], "concurrent": 2, "wall_s": out["wall_s"],
+                             "logged_hv": out["logged_hv"], "trials": len(scale)})
+            print(f"{BASELINE} seed {seeds[0]}, 2 at a time: {len(scale)} trials in {time.perf_counter() - t0:.0f} s",
+                  flush=True)
+    finally:
+        ray.shutdown()
+        shutil.rmtree(storage, ignore_errors=True)
+    trials_df = pd.concat(frames, ignore_index=True)
+    searches_df = pd.DataFrame(searches)
 
-    memo: dict[str, dict | None] = {}
-    workdir = Path(tempfile.mkdtemp(prefix="bench-search-efficiency-"))
-    trial_seconds: list[float] = []
+    # hypervolume and cumulative CPU after each trial, per search
+    trials_df["hypervolume"], trials_df["cum_cpu_s"] = np.nan, np.nan
+    for (_, _), idx in trials_df.groupby(["method", "seed"]).groups.items():
+        part = trials_df.loc[idx].sort_values("end")
+        trials_df.loc[part.index, "hypervolume"] = hv_curve(part, reference)
+        trials_df.loc[part.index, "cum_cpu_s"] = part["cpu_s"].cumsum().to_numpy()
+    final = trials_df.sort_values("end").groupby(["method", "seed"]).last()
+    # the lower median: a value one repetition reached (with an even count the midpoint may be reached by none)
+    target = float(np.quantile(final.loc[BASELINE, "hypervolume"].to_numpy(), 0.5, method="lower"))
+    for s in searches:  # the service's own running hypervolume must agree with this recomputation
+        if s["concurrent"] == 1 and s["method"] != SYNE_TUNE:
+            s["hv"] = float(final.loc[(s["method"], s["seed"]), "hypervolume"])
+    searches_df = pd.DataFrame(searches)
+    logged = searches_df.dropna(subset=["logged_hv"])
+    logged = logged[logged["concurrent"] == 1]
+    # the logged reference has 6 significant digits; the running metric used the exact point
+    agree = bool(np.allclose(logged["logged_hv"], logged["hv"], rtol=0, atol=1e-3)) if len(logged) else False
 
-    def evaluate(cfg):
-        key = json.dumps(cfg, sort_keys=True, default=str)
-        if key in memo:
-            return memo[key], True
-        t0 = time.perf_counter()
-        try:
-            final = run_trial(cfg, data, workdir / f"t{len(memo)}", settings=RunSettings(threads=args.threads))
-            memo[key] = {k: final[k] for k in ("accuracy", "size_bytes")}
-        except Exception as e:  # a failing config is a failed trial, as in the service
-            print(f"trial failed ({type(e).__name__}: {e}) for {cfg}", flush=True)
-            memo[key] = None
-        trial_seconds.append(time.perf_counter() - t0)
-        return memo[key], False
-
-    rows, not_run = [], {}
-    for name in samplers:
-        t0 = time.perf_counter()
-        try:
-            for seed in seeds:
-                rows += run_sampler(name, seed, budget, space, dists, evaluate)
-        except Exception as e:  # e.g. GP's optional dependencies; the other samplers still count
-            rows = [r for r in rows if r["sampler"] != name]
-            not_run[name] = f"{type(e).__name__}: {e}"
-            print(f"{name}: did not run ({not_run[name]})", flush=True)
-            continue
-        print(f"{name}: {len(seeds)} x {budget} trials in {time.perf_counter() - t0:.0f} s "
-              f"({len(memo)} distinct configs evaluated so far)", flush=True)
-    shutil.rmtree(workdir, ignore_errors=True)  # the trials' saved students; only their metrics are kept
-    trials = pd.DataFrame(rows)
-    ran = [s for s in samplers if s not in not_run]
-
-    # hypervolume on (accuracy, log10 size_bytes), one reference point from every trial
-    trials["log10_size_bytes"] = np.log10(trials["size_bytes"])
-    cols, dirs = ["accuracy", "log10_size_bytes"], ["max", "min"]
-    reference = default_reference(trials[cols].to_numpy(float), dirs)
-    trials["hypervolume"] = np.nan
-    for (name, seed), idx in trials.groupby(["sampler", "seed"]).groups.items():
-        part = trials.loc[idx].sort_values("trial")
-        trials.loc[part.index, "hypervolume"] = hypervolume_history(part[cols].to_numpy(float), dirs, reference)
-    final = trials[trials["trial"] == budget].set_index(["sampler", "seed"])["hypervolume"]
-    target = float(np.median(final.loc["random"]))
-
-    checkpoints = sorted({max(1, budget // 4), max(1, budget // 2), max(1, 3 * budget // 4), budget})
+    ran = [m for m in methods if m in set(trials_df["method"])]
+    reach = {m: [cpu_to_reach(g["hypervolume"].to_numpy(), g["cum_cpu_s"].to_numpy(), target)
+                 for _, g in trials_df[trials_df["method"] == m].sort_values("end").groupby("seed")] for m in ran}
+    base = float(np.median(reach[BASELINE]))
     table = []
-    for name in ran:
-        per_seed = trials[trials["sampler"] == name]
-        row = {"sampler": name}
-        for n in checkpoints:
-            hv = per_seed[per_seed["trial"] == n]["hypervolume"]
-            row[f"hv@{n} median"] = round(float(hv.median()), 2)
-            if n == budget:
-                row[f"hv@{n} min-max"] = f"{hv.min():.2f}-{hv.max():.2f}"
-        reach = [trials_to_reach(g.sort_values("trial")["hypervolume"].to_numpy(), target)
-                 for _, g in per_seed.groupby("seed")]
-        row["trials to target (median)"] = fmt_trials(float(np.median(reach)))
-        row["reached"] = f"{sum(map(math.isfinite, reach))}/{len(reach)}"
-        row["per seed"] = " ".join(fmt_trials(r).replace("not reached", "-") for r in reach)
-        row["best acc %"] = round(float(per_seed["accuracy"].max()), 2)
-        row["distinct configs"] = int(per_seed.drop_duplicates(list(dists)).shape[0])
-        row["ask s (mean)"] = round(float(per_seed["ask_s"].mean()), 3)
-        table.append(row)
+    for m in ran:
+        per = trials_df[trials_df["method"] == m]
+        med = float(np.median(reach[m]))
+        fin = final.loc[m]
+        table.append({
+            "method": m, "CPU s to target (median)": fmt_s(med),
+            "ratio to random+fifo": round(med / base, 2) if math.isfinite(med) else "not reached",
+            "reached": f"{sum(map(math.isfinite, reach[m]))}/{len(reach[m])}",
+            "per seed CPU s": " ".join(fmt_s(r).replace("not reached", "-") for r in reach[m]),
+            "final hv (median)": round(float(fin["hypervolume"].median()), 2),
+            "final hv min-max": f"{fin['hypervolume'].min():.2f}-{fin['hypervolume'].max():.2f}",
+            "trial CPU s per search (median)": round(float(fin["cum_cpu_s"].median()), 1),
+            "early-stopped %": round(100.0 * float(per["early_stopped"].mean()), 1),
+            "best val acc %": round(float(per["val_accuracy"].max()), 2),
+            "outside-epoch s per trial": round(float(per["outside_epochs_s"].mean()), 2)
+            if per["outside_epochs_s"].notna().any() else "n/a",
+            "search wall s (median)": round(float(searches_df[(searches_df["method"] == m)
+                                                              & (searches_df["concurrent"] == 1)]["wall_s"].median()), 0),
+        })
     table = pd.DataFrame(table)
+
+    scale_table = pd.DataFrame()
+    if scale is not None:
+        one = trials_df[(trials_df["method"] == BASELINE) & (trials_df["seed"] == seeds[0])]
+        rows = []
+        for n, part, wall in ((1, one, searches_df.query("concurrent == 1 and method == @BASELINE")["wall_s"].iloc[0]),
+                              (2, scale, searches_df.query("concurrent == 2")["wall_s"].iloc[0])):
+            span = float(part["end"].max() - part["start"].min())
+            rows.append({"concurrent trials": n, "trials": len(part), "trial span s": round(span, 1),
+                         "trials per hour": round(3600.0 * len(part) / span, 1),
+                         "search wall s": round(float(wall), 1),
+                         "trials per hour incl. set-up": round(3600.0 * len(part) / wall, 1),
+                         "trial CPU s": round(float(part["cpu_s"].sum()), 1)})
+        scale_table = pd.DataFrame(rows)
+        scale_table["speed-up"] = (scale_table["trials per hour"] / scale_table["trials per hour"].iloc[0]).round(2)
+
     wall = time.perf_counter() - t_start
     load_end = describe_load("end")
-
-    print(f"\nreference point (accuracy %, log10 bytes): ({reference[0]:.2f}, {reference[1]:.3f}); "
-          f"hypervolume unit: percent x decades of bytes")
-    print(f"target: random search's final hypervolume after {budget} trials, median over {len(seeds)} seeds = {target:.2f}")
-    print_table(table, "hypervolume after n trials (median over seeds) and trials to reach the target")
+    print(f"\nreference point (val_accuracy %, log10 bytes): {reference}; hypervolume in percent x decades of bytes")
+    print(f"target: {BASELINE}'s final hypervolume after {trials} trials, median over {len(seeds)} seeds = {target:.2f}")
+    print_table(table, "trial CPU seconds to reach the target (median over seeds) and its ratio to random+fifo's")
+    if not scale_table.empty:
+        print_table(scale_table, f"scale: {BASELINE}, seed {seeds[0]}, 1 and 2 trials at a time on {os.cpu_count()} CPUs")
+    print(f"the service's logged hypervolume agrees with the recomputation (within 0.001): {'yes' if agree else 'NO'}")
     for name, why in not_run.items():
         print(f"{name}: not run ({why})")
-    print(f"{len(trials)} trials asked, {len(memo)} distinct configs trained "
-          f"({np.mean(trial_seconds):.2f} s each on average); wall time {wall:.0f} s")
+    ratio = dict(zip(table["method"], table["ratio to random+fifo"]))
+    cpu = {m: float(np.median(r)) for m, r in reach.items()}
+    tpe_moasha = ratio.get("tpe+moasha")
+    goal_third = isinstance(tpe_moasha, float) and tpe_moasha <= 1 / 3
+    goal_peer = SYNE_TUNE in cpu and "tpe+moasha" in cpu and cpu["tpe+moasha"] < cpu[SYNE_TUNE]
+    print(f"goal: tpe+moasha at most 1/3 of random+fifo's CPU: {'met' if goal_third else 'NOT met'} "
+          f"(ratio {tpe_moasha}); ahead of Syne Tune: "
+          f"{'met' if goal_peer else 'NOT met' if SYNE_TUNE in cpu else 'not measured'}")
 
-    metrics = {"wall_s": wall, "target_hv": target, "distinct_configs": len(memo),
-               "mean_trial_s": float(np.mean(trial_seconds)), "load_1m_start": load_start[0], "load_1m_end": load_end[0],
-               "reference_accuracy": reference[0], "reference_log10_size_bytes": reference[1]}
+    metrics = {"wall_s": wall, "target_hv": target, "load_1m_start": load_start[0], "load_1m_end": load_end[0],
+               "hv_logged_agrees": float(agree), "goal_third_met": float(goal_third), "goal_peer_met": float(goal_peer)}
     for r in table.to_dict("records"):
-        metrics[f"{r['sampler']}_hv_final_median"] = r[f"hv@{budget} median"]
-        if r["trials to target (median)"] != "not reached":
-            metrics[f"{r['sampler']}_trials_to_target"] = float(r["trials to target (median)"])
+        key = r["method"].replace("+", "_").replace("-", "_")
+        metrics[f"{key}_hv_final_median"] = r["final hv (median)"]
+        metrics[f"{key}_cpu_to_target_s"] = cpu[r["method"]]
+        if isinstance(r["ratio to random+fifo"], float):
+            metrics[f"{key}_cpu_ratio"] = r["ratio to random+fifo"]
+    for r in scale_table.to_dict("records"):
+        metrics[f"trials_per_hour_{r['concurrent trials']}"] = r["trials per hour"]
+    tables = {"search_efficiency.csv": table, "trials.csv": trials_df, "searches.csv": searches_df}
+    if not scale_table.empty:
+        tables["scale.csv"] = scale_table
+        tables["trials_concurrent2.csv"] = scale
     log_run("search-efficiency", args.tracking_uri,
-            {"space": args.space, "samplers": ",".join(samplers), "seeds": " ".join(map(str, seeds)),
-             "trials": budget, "quick": args.quick, "threads": args.threads, "data_dir": args.data_dir,
-             "teacher": args.teacher, "hv_objectives": "accuracy:max,log10(size_bytes):min",
-             "not_run": json.dumps(not_run), **{f"fixed.{k}": v for k, v in space.fixed.items()}},
-            metrics, {"search_efficiency.csv": table, "trials.csv": trials})
-    summary = "; ".join(f"{r['sampler']} {r['trials to target (median)']} (hv {r[f'hv@{budget} median']})"
+            {"space": args.space, "methods": ",".join(methods), "seeds": " ".join(map(str, seeds)), "trials": trials,
+             "quick": args.quick, "reduction_factor": args.reduction_factor, "grace_period": args.grace_period,
+             "data_dir": args.data_dir, "teacher": args.teacher, "cost": "trial process CPU s over distillation epochs",
+             "hv_objectives": "val_accuracy:max,log10(size_bytes):min", "hv_reference": json.dumps(reference),
+             "overrides": " ".join(args.overrides), "not_run": json.dumps(not_run)}, metrics, tables)
+    summary = "; ".join(f"{r['method']} {r['CPU s to target (median)']} s ({r['ratio to random+fifo']}x)"
                         for r in table.to_dict("records"))
-    print(f"SUMMARY: search_efficiency: trials to reach random's final hypervolume {target:.2f} "
-          f"(median of {len(seeds)} seeds, budget {budget}): {summary}; wall {wall:.0f} s, "
+    per_hour = ", ".join(f"{r['concurrent trials']} at a time {r['trials per hour']}/h"
+                         for r in scale_table.to_dict("records"))
+    print(f"SUMMARY: search_efficiency: trial CPU s to reach random+fifo's final hypervolume {target:.2f} "
+          f"(median of {len(seeds)} seeds, {trials} trials): {summary}; "
+          f"goal 1/3 {'met' if goal_third else 'not met'}, ahead of Syne Tune "
+          f"{'yes' if goal_peer else 'no' if SYNE_TUNE in cpu else 'not measured'}"
+          f"{'; ' + per_hour if per_hour else ''}; wall {wall:.0f} s, "
           f"load avg {load_start[0]:.1f}-{load_end[0]:.1f} on {os.cpu_count()} CPUs")
     return table
 

@@ -67,6 +67,16 @@ def _param_or(params: Mapping[str, str], key: str, given: str | None) -> str | N
     return None if value in ("", "hub") else value
 
 
+def _validation_params(params: Mapping[str, str]) -> tuple[float, int, int]:
+    """``(val_fraction, val_size, seed)`` a search recorded on its parent run (defaults when absent)."""
+    try:
+        return (float(params.get("val_fraction", "0.05")), int(float(params.get("val_size", "0"))),
+                int(float(params.get("seed", "0"))))
+    except ValueError:
+        raise ConfigError(f"the source search's val_fraction/val_size/seed params are not numbers: "
+                          f"{[params.get(k) for k in ('val_fraction', 'val_size', 'seed')]}") from None
+
+
 def _compare(new: Mapping[str, Any], old: Mapping[str, float]) -> dict[str, float]:
     """``new - old`` for every numeric metric both have (percent metrics: percentage points)."""
     return {k: float(new[k]) - float(old[k]) for k in sorted(new)
@@ -170,11 +180,13 @@ def replay(
         raise ConfigError(f"device must be cpu or cuda, got {device!r}")
     exp_id = find_experiment(client, experiment, uri).experiment_id if experiment else source.info.experiment_id
 
-    data = build_trial_data(task, data_dir, teacher, cache_dir)
+    val = _validation_params(parent_params)  # the source search's validation split
+    data = build_trial_data(task, data_dir, teacher, cache_dir, *val)
     # the augmented transfer set the trial trained on (cached by the search: same key, same rows)
     data = prepare_for_space(data, Space(fixed=dict(config)), teacher, cache_dir)
     src_tags = source.data.tags
     data_matches = (src_tags.get("data_hash") in (None, data.train.data_hash)
+                    and src_tags.get("val_data_hash") in (None, data.val.data_hash)
                     and src_tags.get("dev_data_hash") in (None, data.dev.data_hash))
     if not data_matches:
         log.warning("replay data differs from the source trial's (data_hash/dev_data_hash); metrics will differ")

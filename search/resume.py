@@ -156,7 +156,7 @@ def resume_search(experiment: str, tracking_uri: str | None = None, search_id: s
 
     from search import mlflow_store
     from search.cluster import connect
-    from search.tuner import execute_search, load_trial_data, print_notes, trials_frame
+    from search.tuner import decision_board, execute_search, load_trial_data, make_stopper, print_notes, trials_frame
 
     client, uri, experiment_id, parent = find_resumable(experiment, tracking_uri, search_id, address)
     parent_id, sid = parent.info.run_id, parent.data.tags.get("search_id", parent.info.run_id)
@@ -187,4 +187,5 @@ def resume_search(experiment: str, tracking_uri: str | None = None, search_id: s
     def build(trainable: Any) -> Any:
         return tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
 
-    return execute_search(plan, data, client, experiment_id, parent_id, sid, build)
+    board = decision_board(parent.data.params.get("study_name", ""))
+    return execute_search(plan, data, client, experiment_id, parent_id, sid, build, make_stopper(plan, board))

@@ -24,19 +24,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from search.cluster import check_address, connect, experiment_path, resolve_storage_path
 from search.validate import check_search_options, check_space
 from spaces import DEFAULT_OBJECTIVES, ENERGY_OBJECTIVES, Space, load_space, parse_objectives
 from trainables.config import check_value, parse_stages
-from trainables.data.glue import check_task, local_split_path
+from trainables.data.glue import check_task, local_split_path, validation_rows
 from trainables.errors import ConfigError
 from trainables.untrusted import mask_credentials, safe_name
 
 log = logging.getLogger(__name__)
 
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
+SCHEDULERS = ("fifo", "moasha")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -70,6 +72,13 @@ class SearchOptions:
     pue: float = 1.59
     kg_per_kwh: float = 0.430
     verbose: int = 1
+    val_fraction: float = 0.05
+    val_size: int = 0
+    scheduler: str = "fifo"
+    reduction_factor: float = 3.0
+    grace_period: int = 1
+    time_budget_s: float | None = None
+    hv_reference: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
@@ -127,6 +136,16 @@ def plan_search(opts: SearchOptions) -> Plan:
     if opts.cpus_per_trial <= 0 or opts.gpus_per_trial < 0 or opts.max_failures < 0:
         raise ConfigError("--cpus-per-trial must be > 0, --gpus-per-trial and --max-failures >= 0")
     check_value("seed", opts.seed, "--seed")
+    validation_rows(1_000_000, opts.val_fraction, opts.val_size)  # the flags' own bounds, before any data loads
+    if opts.scheduler not in SCHEDULERS:
+        raise ConfigError(f"--scheduler {opts.scheduler!r} is not allowed; allowed: {', '.join(SCHEDULERS)}")
+    if not (isinstance(opts.reduction_factor, (int, float)) and math.isfinite(opts.reduction_factor)
+            and opts.reduction_factor > 1):
+        raise ConfigError(f"--reduction-factor must be a number above 1, got {opts.reduction_factor}")
+    if not (isinstance(opts.grace_period, int) and opts.grace_period >= 1):
+        raise ConfigError(f"--grace-period must be a whole number of epochs >= 1, got {opts.grace_period}")
+    if opts.time_budget_s is not None and not (math.isfinite(opts.time_budget_s) and opts.time_budget_s > 0):
+        raise ConfigError(f"--time-budget-s must be a number of seconds above 0, got {opts.time_budget_s}")
     for flag, value, ok, rule in (("--pue", opts.pue, lambda v: v >= 1, "at least 1"),
                                   ("--kg-per-kwh", opts.kg_per_kwh, lambda v: v >= 0, "at least 0"),
                                   ("--cpu-watts-per-core", opts.cpu_watts_per_core, lambda v: v > 0, "above 0")):
@@ -169,8 +188,15 @@ def plan_search(opts: SearchOptions) -> Plan:
             dropped = energy_objectives
             objectives = {k: v for k, v in objectives.items() if k not in dropped}
             if not objectives:
-                raise ConfigError("no objective left once energy is dropped; add e.g. accuracy:max")
-    return Plan(opts, task, space, objectives, teacher, tracking_uri, artifact_root, dropped, storage_path, notes)
+                raise ConfigError("no objective left once energy is dropped; add e.g. val_accuracy:max")
+    if opts.hv_reference is not None:
+        parse_reference(opts.hv_reference, objectives)
+    plan = Plan(opts, task, space, objectives, teacher, tracking_uri, artifact_root, dropped, storage_path, notes)
+    if opts.scheduler == "moasha":
+        scheduler_objectives(plan)
+        if max_epochs(space) < 2:
+            plan.notes.append("every trial runs 1 epoch: the scheduler has no rung to stop a trial at")
+    return plan
 
 
 def _load_space(path: str) -> Space:
@@ -212,14 +238,18 @@ def make_sampler(name: str, seed: int, num_samples: int | None = None) -> Any:
     return optuna.samplers.RandomSampler(seed=seed)
 
 
-def build_trial_data(task: str, data_dir: str | None, teacher: str, cache_dir: str | None = None) -> Any:
-    """Load the splits of ``task`` and ``teacher``'s logits on them (searches and replays).
+def build_trial_data(task: str, data_dir: str | None, teacher: str, cache_dir: str | None = None,
+                     val_fraction: float = 0.05, val_size: int = 0, val_seed: int = 0) -> Any:
+    """Load the splits of ``task`` and ``teacher``'s logits on them (searches and replays), and
+    carve the validation split from the training split.
 
     Args:
         task: ``sst2``, ``qqp`` or ``mnli``.
         data_dir: local GLUE folder; ``None``: the Hugging Face hub.
         teacher: teacher folder or hub name.
         cache_dir: teacher-logit cache root (``None``: the user cache dir).
+        val_fraction, val_size, val_seed: the validation split
+            (:func:`trainables.data.glue.validation_rows`).
 
     Returns:
         A :class:`trainables.trial.TrialData`.
@@ -230,6 +260,7 @@ def build_trial_data(task: str, data_dir: str | None, teacher: str, cache_dir: s
     from trainables.data.glue import load_split
     from trainables.data.teacher import teacher_id, teacher_logits, teacher_size_bytes
     from trainables.trial import TrialData
+    from trainables.trial.state import with_validation
 
     train = load_split(task, "train", data_dir)
     dev = load_split(task, "dev", data_dir)
@@ -240,15 +271,18 @@ def build_trial_data(task: str, data_dir: str | None, teacher: str, cache_dir: s
         except ConfigError:
             log.warning("mnli dev_mismatched is not available; reporting matched accuracy only")
     logits = [teacher_logits(teacher, s, cache_dir) for s in (train, dev)]
-    return TrialData(train, dev, logits[0], logits[1], teacher_id(teacher), teacher_size_bytes(teacher), mismatched,
+    data = TrialData(train, dev, logits[0], logits[1], teacher_id(teacher), teacher_size_bytes(teacher), mismatched,
                      teacher_path=_local_or_name(teacher))
+    return with_validation(data, val_fraction, val_size, val_seed)
 
 
 def load_trial_data(plan: Plan) -> Any:
     """Load the splits and teacher logits once, in the driver."""
     from trainables.data.augment import prepare_for_space  # + the augmented transfer sets the space can ask for
 
-    data = build_trial_data(plan.task, plan.options.data_dir, plan.teacher, plan.options.cache_dir)
+    opts = plan.options
+    data = build_trial_data(plan.task, opts.data_dir, plan.teacher, opts.cache_dir, opts.val_fraction, opts.val_size,
+                            opts.seed)
     return prepare_for_space(data, plan.space, plan.teacher, plan.options.cache_dir, plan.options.cpu_watts_per_core)
 
 
@@ -256,6 +290,99 @@ def _local_or_name(path_or_name: str) -> str:
     """An absolute path for an existing local folder (replays run elsewhere), else the name as is."""
     path = Path(path_or_name).expanduser()
     return str(path.resolve()) if path.exists() else path_or_name
+
+
+#: Metrics every epoch report carries, so the scheduler can rank trials at a rung on them.
+EPOCH_METRICS = ("val_accuracy", "size_bytes", "gzip_bytes", "energy_j")
+
+
+def max_epochs(space: Space) -> int:
+    """The most distillation epochs a trial of ``space`` can run (the scheduler's ``max_t``)."""
+    from trainables.config import PARAMS
+
+    if "epochs" in space.fixed:
+        return int(space.fixed["epochs"])
+    dist = space.params.get("epochs")
+    if dist is None:
+        return int(PARAMS["epochs"].default)
+    if dist.kind == "choice":
+        return max(int(v) for v in dist.args)
+    return int(dist.args[1])
+
+
+def scheduler_objectives(plan: Plan) -> dict[str, str]:
+    """The search objectives the multi-objective scheduler ranks a rung on (those in every epoch report).
+
+    Raises:
+        ConfigError: ``--scheduler moasha`` with no objective reported per epoch.
+    """
+    objs = {k: v for k, v in plan.objectives.items() if k in EPOCH_METRICS}
+    if not objs:
+        raise ConfigError(f"--scheduler moasha ranks trials on objectives reported every epoch "
+                          f"({', '.join(EPOCH_METRICS)}); the search's are {', '.join(plan.objectives)}")
+    return objs
+
+
+def make_scheduler(plan: Plan, board: str) -> Any:
+    """The Tune scheduler of ``--scheduler``: ``None`` (FIFO: every trial runs all its epochs) or
+    :class:`search.moasha.MOASHAScheduler` in graceful mode (decisions published to ``board``)."""
+    if plan.options.scheduler == "fifo":
+        return None
+    from search.moasha import MOASHAScheduler
+
+    objs = scheduler_objectives(plan)
+    return MOASHAScheduler(list(objs), list(objs.values()), time_attr="epoch", max_t=max_epochs(plan.space),
+                           grace_period=plan.options.grace_period, reduction_factor=plan.options.reduction_factor,
+                           decision_board=board)
+
+
+def make_stopper(plan: Plan, board: str) -> Any:
+    """The trainable's ``should_stop`` (:class:`search.budget.TrialStopper`): the scheduler's
+    decisions (``--scheduler moasha``) and the deadline of ``--time-budget-s``."""
+    from search.budget import TrialStopper
+    from search.moasha import RungDecisionClient
+
+    opts = plan.options
+    client = RungDecisionClient(board) if opts.scheduler == "moasha" else None
+    deadline = time.time() + opts.time_budget_s if opts.time_budget_s else None
+    return TrialStopper(client, deadline)
+
+
+def hv_reference(plan: Plan, data: Any) -> list[float]:
+    """The search's hypervolume reference point on :func:`analysis.pareto.hv_scale`: ``--hv-reference``,
+    else the fixed point of the task (:func:`analysis.pareto.task_reference`: the dev set's
+    majority-class accuracy, the teacher's float32 size...).
+
+    Raises:
+        ConfigError: a ``--hv-reference`` that is not one number per objective.
+    """
+    from analysis.pareto import task_reference
+
+    if plan.options.hv_reference:
+        return parse_reference(plan.options.hv_reference, plan.objectives)
+    labels = np.asarray(data.dev.labels)
+    counts = np.bincount(labels, minlength=data.dev.num_labels)
+    majority = int(counts.argmax())
+    share = counts[majority] / max(len(labels), 1)
+    f1 = 100.0 * 2 * share / (1 + share) if majority == 1 else 0.0
+    return task_reference(plan.objectives, 100.0 * share, data.teacher_bytes, f1)
+
+
+def parse_reference(text: str, objectives: dict[str, str]) -> list[float]:
+    """``"50.9,8"`` -> ``[50.9, 8.0]``, one finite number per objective (sizes on log10 bytes).
+
+    Raises:
+        ConfigError: not comma-separated finite numbers, or not one per objective.
+    """
+    try:
+        values = [float(v) for v in str(text).split(",")]
+    except ValueError:
+        raise ConfigError(f"--hv-reference {text!r} must be comma-separated numbers, one per objective "
+                          f"({', '.join(objectives)}; sizes on log10 bytes)") from None
+    if len(values) != len(objectives) or not all(math.isfinite(v) for v in values):
+        raise ConfigError(f"--hv-reference needs {len(objectives)} finite numbers, one per objective "
+                          f"({', '.join(objectives)}), got {text!r}")
+    return values
 
 
 def run_search(opts: SearchOptions) -> pd.DataFrame:
@@ -269,11 +396,13 @@ def run_search(opts: SearchOptions) -> pd.DataFrame:
     if opts.address is not None:
         connect(opts.address)  # joining a cluster can still fail (authentication): before loading anything
     data = load_trial_data(plan)
+    reference = hv_reference(plan, data)
 
     from mlflow.tracking import MlflowClient
     from ray import tune
 
     from search import mlflow_store
+    from search.progress import HypervolumeLogger
 
     client = MlflowClient(plan.tracking_uri)
     experiment_id = mlflow_store.get_or_create_experiment(client, opts.experiment, plan.artifact_root)
@@ -291,8 +420,13 @@ def run_search(opts: SearchOptions) -> pd.DataFrame:
                 "cpus_per_trial": opts.cpus_per_trial,
                 "gpus_per_trial": opts.gpus_per_trial, "max_failures": opts.max_failures,
                 "address": opts.address or "local", "tune_experiment_path": tune_path,
+                "val_fraction": opts.val_fraction, "val_size": opts.val_size, "val_rows": len(data.val),
+                "scheduler": opts.scheduler, "reduction_factor": opts.reduction_factor,
+                "grace_period": opts.grace_period, "time_budget_s": opts.time_budget_s or "",
+                "hypervolume_reference": ",".join(f"{v:.6g}" for v in reference),
                 "study_name": tune_name, "optuna_storage": "tune searcher state (in tune_experiment_path)"},
         tags={"search_id": search_id, "git_commit": _git_commit(), "data_hash": data.train.data_hash,
+              "val_data_hash": data.val.data_hash,
               "teacher_id": data.teacher_id, "sampler": opts.sampler,
               "random_search": str(opts.sampler == "random").lower(),
               mlflow_store.OPTIONS_TAG: json.dumps(recorded_options(plan))})
@@ -307,25 +441,40 @@ def run_search(opts: SearchOptions) -> pd.DataFrame:
           f"{shlex.quote(opts.experiment)} --tracking-uri {shlex.quote(uri)} --storage-path "
           f"{shlex.quote(str(Path(tune_path).parent))})", flush=True)
 
+    board = decision_board(tune_name)
+
     def build(trainable: Any) -> Any:
         from ray.tune.search.optuna import OptunaSearch
+
+        from search.budget import DeadlineSearcher
 
         searcher = OptunaSearch(metric=list(plan.objectives), mode=list(plan.objectives.values()),
                                 sampler=make_sampler(opts.sampler, opts.seed, opts.num_samples), study_name=tune_name,
                                 points_to_evaluate=_initial_points(plan))
+        if opts.time_budget_s:
+            searcher = DeadlineSearcher(searcher, opts.time_budget_s)
+        scheduler = make_scheduler(plan, board)
+        callbacks = [HypervolumeLogger(plan.tracking_uri, parent_id, plan.objectives, reference)]
+        if scheduler is not None:
+            callbacks.append(scheduler.state_callback())  # the rung records survive a killed driver
         return tune.Tuner(
             trainable,
             param_space=plan.space.tune_space(),
-            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=opts.num_samples,
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=opts.num_samples,
                                         max_concurrent_trials=opts.max_concurrent, reuse_actors=True),
-            run_config=tune.RunConfig(name=tune_name, storage_path=plan.storage_path,
+            run_config=tune.RunConfig(name=tune_name, storage_path=plan.storage_path, callbacks=callbacks,
                                       failure_config=tune.FailureConfig(max_failures=opts.max_failures),
                                       # a retry or resume needs only a trial's latest epoch checkpoint
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
                                       verbose=opts.verbose),
         )
 
-    return execute_search(plan, data, client, experiment_id, parent_id, search_id, build)
+    return execute_search(plan, data, client, experiment_id, parent_id, search_id, build, make_stopper(plan, board))
+
+
+def decision_board(tune_name: str) -> str:
+    """The name of the Ray actor through which the scheduler tells trials to stop (one per search)."""
+    return f"featherweight-moasha-{tune_name}"
 
 
 def print_notes(plan: Plan) -> None:
@@ -350,7 +499,8 @@ def recorded_options(plan: Plan) -> dict[str, Any]:
 
 
 def execute_search(plan: Plan, data: Any, client: Any, experiment_id: str, parent_id: str, search_id: str,
-                   build: Callable[[Any], Any]) -> pd.DataFrame:
+                   build: Callable[[Any], Any], should_stop: Callable[[str, int], str | None] | None = None
+                   ) -> pd.DataFrame:
     """Run the Tuner that ``build(trainable)`` returns (new or restored), then close the search's runs.
 
     Trials that fail (after ``--max-failures`` retries) do not stop the search: Tune returns them
@@ -374,7 +524,8 @@ def execute_search(plan: Plan, data: Any, client: Any, experiment_id: str, paren
     tracking = {"tracking_uri": plan.tracking_uri, "experiment_id": experiment_id, "parent_run_id": parent_id,
                 "settings": settings,
                 "earlier_attempts": functools.partial(mlflow_store.close_earlier_attempts,
-                                                      experiment_id=experiment_id, parent_run_id=parent_id)}
+                                                      experiment_id=experiment_id, parent_run_id=parent_id),
+                "should_stop": should_stop}
     # Tune saves its experiment state (trials, searcher) every TUNE_GLOBAL_CHECKPOINT_S; "auto" means >= 10 s,
     # and a trial created after the last save is unknown to a resume. 1 s keeps that window far below a trial.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
@@ -389,7 +540,10 @@ def execute_search(plan: Plan, data: Any, client: Any, experiment_id: str, paren
                                         {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
         results = build(trainable).fit()
         errors = trial_errors(results)
-        status = "KILLED" if interrupted(results, opts.num_samples) else "FINISHED"
+        status = "KILLED" if interrupted(results, opts.num_samples, bool(opts.time_budget_s)) else "FINISHED"
+        if opts.time_budget_s and status == "FINISHED" and len(results) < opts.num_samples:
+            print(f"\nthe time budget of {opts.time_budget_s:g} s is spent: {len(results)} of {opts.num_samples} "
+                  f"trials ran", flush=True)
     except KeyboardInterrupt:
         status = "KILLED"
         raise
@@ -413,13 +567,15 @@ def execute_search(plan: Plan, data: Any, client: Any, experiment_id: str, paren
     return front
 
 
-def interrupted(results: Any, num_samples: int) -> bool:
+def interrupted(results: Any, num_samples: int, time_budget: bool = False) -> bool:
     """Whether Tune returned before every trial ended (Ctrl-C: Tune saves its state and returns).
 
     ``results`` is a ``tune.ResultGrid``: its ``num_terminated`` and ``num_errors`` count the
-    trials that ended.
+    trials that ended. With a time budget, a search that started fewer than ``num_samples``
+    trials and ended them all finished (its budget was spent), it was not interrupted.
     """
-    return results.num_terminated + results.num_errors < num_samples
+    ended = results.num_terminated + results.num_errors
+    return ended < (len(results) if time_budget else num_samples)
 
 
 def trial_errors(results: Any) -> dict[str, str]:
@@ -469,15 +625,17 @@ def _pareto_report(client: Any, experiment_id: str, parent_id: str, objectives: 
     ranks = pareto_ranks(df[list(objectives)].to_numpy(dtype=float), list(objectives.values()))
     df["pareto_rank"] = ranks
     front = df[df["pareto_rank"] == 0].sort_values(list(objectives)[0], ascending=False)
-    cols = ["trial_id", "student", "embedding", "embedding_dim", "stages", "accuracy", "size_bytes", "gzip_bytes",
-            "energy_j", "energy_method", "run_id"]
+    cols = ["trial_id", "student", "embedding", "embedding_dim", "stages", *objectives, "accuracy", "size_bytes",
+            "gzip_bytes", "energy_j", "energy_method", "early_stopped", "run_id"]
+    cols = list(dict.fromkeys(cols))
     front = front[[c for c in cols if c in front.columns]]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "pareto_front.csv"
         front.to_csv(path, index=False)
         client.log_artifact(parent_id, str(path))
     print(f"\nPareto front over {', '.join(f'{k} ({v})' for k, v in objectives.items())}: "
-          f"{len(front)} of {len(df)} finished trials", flush=True)
+          f"{len(front)} of {len(df)} finished trials (selected on those objectives; 'accuracy' is dev, "
+          f"which no selection saw)", flush=True)
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(front.to_string(index=False), flush=True)
     return front

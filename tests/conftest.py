@@ -36,13 +36,15 @@ def sst2_splits():
 
 @pytest.fixture(scope="session")
 def sst2_small(sst2_splits):
-    """TrialData over 3,000 SST-2 training rows and the full dev set, with the shipped teacher logits."""
+    """TrialData over 3,000 SST-2 training rows (150 of them held out for validation) and the full
+    dev set, with the shipped teacher logits."""
     from trainables.data.glue import Split
     from trainables.trial import TrialData
+    from trainables.trial.state import with_validation
 
     train, dev = sst2_splits
     with np.load(SST2_TEACHER / "logits_sst2.npz") as z:
         train_logits, dev_logits = z["train"], z["dev"]
     n = 3000
     small = Split("sst2", "train", train.text_a[:n], None, train.labels[:n], train.source)
-    return TrialData(small, dev, train_logits[:n], dev_logits, "minilm-l6-sst2@test", 90_855_944)
+    return with_validation(TrialData(small, dev, train_logits[:n], dev_logits, "minilm-l6-sst2@test", 90_855_944))

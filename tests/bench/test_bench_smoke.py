@@ -1,5 +1,6 @@
 """Smoke tests of the benchmark scripts: like-with-like comparison with Table 7.5, and a tiny
-real search-efficiency run end to end (real SST-2 trials, MLflow run with its CSV)."""
+real search-efficiency run end to end (real SST-2 trials through the service, FIFO and MO-ASHA,
+MLflow run with its CSVs)."""
 
 from __future__ import annotations
 
@@ -27,23 +28,38 @@ def test_table_7_5_copy_and_like_with_like_dominance():
     assert out["dominated"].tolist() == ["no", "yes"]  # RNN_Char100: 0.236 MB file; +q: 0.053 MB gzip
     trials.loc[0, "param.stages"] = "distill"
     assert frontier_sst2.compare(rows, trials)["dominated"].tolist() == ["yes", "yes"]
-    assert search_efficiency.trials_to_reach(pd.Series([1.0, 2.0, 3.0]).to_numpy(), 2.0) == 2
-    assert math.isinf(search_efficiency.trials_to_reach(pd.Series([1.0, 1.5]).to_numpy(), 2.0))
+    hv, cpu = pd.Series([1.0, 2.0, 3.0]).to_numpy(), pd.Series([5.0, 7.0, 12.0]).to_numpy()
+    assert search_efficiency.cpu_to_reach(hv, cpu, 2.0) == 7.0
+    assert math.isinf(search_efficiency.cpu_to_reach(hv[:2], cpu[:2], 2.5))
 
 
 def test_search_efficiency_tiny_real_run(tmp_path, glue_dir, sst2_teacher, capsys):
     from mlflow.tracking import MlflowClient
 
-    table = search_efficiency.main(["--trials", "3", "--seeds", "0", "--samplers", "random,tpe",
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    table = search_efficiency.main(["--methods", "random+fifo,random+moasha", "--seeds", "0", "--trials", "3",
+                                    "--no-scale", "--set", "student=ffn", "--set", "epochs=2",
                                     "--data-dir", str(glue_dir), "--teacher", str(sst2_teacher),
-                                    "--cache-dir", str(tmp_path / "cache"),
-                                    "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"])
+                                    "--cache-dir", str(tmp_path / "cache"), "--tracking-uri", uri])
     out = capsys.readouterr().out
     assert out.strip().splitlines()[-1].startswith("SUMMARY: search_efficiency")
-    assert list(table["sampler"]) == ["random", "tpe"]
-    assert table.loc[0, "trials to target (median)"] != "not reached"  # random reaches its own final value
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    exp = client.get_experiment_by_name("bench-search-efficiency")
-    (run,) = client.search_runs([exp.experiment_id])
+    assert list(table["method"]) == ["random+fifo", "random+moasha"]
+    assert table.loc[0, "ratio to random+fifo"] == 1.0  # the baseline reaches its own final value
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("bench-search-efficiency").experiment_id])
     assert run.data.tags["featherweight.role"] == "bench" and run.data.metrics["target_hv"] > 0
-    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"search_efficiency.csv", "trials.csv"}
+    assert run.data.metrics["hv_logged_agrees"] == 1.0  # the service's running hypervolume = the recomputation
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"search_efficiency.csv", "trials.csv",
+                                                                          "searches.csv"}
+    searches = client.get_experiment_by_name(search_efficiency.SEARCH_EXPERIMENT)
+    trials = [r for r in client.search_runs([searches.experiment_id]) if "trial_id" in r.data.tags]
+    assert len(trials) == 6 and all(r.info.status == "FINISHED" for r in trials)
+    assert all(r.data.metrics["energy_j"] > 0 and r.data.tags["energy_method"] == "estimate" for r in trials)
+    # FIFO runs every trial to its last epoch; MO-ASHA (reduction factor 3) stops trials at its epoch-1 rung
+    runs = client.search_runs([searches.experiment_id])
+    scheduler = {r.info.run_id: r.data.params["scheduler"] for r in runs if "scheduler" in r.data.params}
+    stopped = {scheduler[r.data.tags["mlflow.parentRunId"]]: [] for r in trials}
+    for r in trials:
+        if r.data.tags.get("early_stopped") == "true":
+            stopped[scheduler[r.data.tags["mlflow.parentRunId"]]].append(r.data.tags["stop_reason"])
+    assert stopped["fifo"] == [] and stopped["moasha"] and set(stopped["moasha"]) == {"scheduler"}

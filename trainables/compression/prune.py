@@ -393,7 +393,7 @@ class PruneResult:
     train_time_s: float = 0.0
 
 
-def prune_student(model: nn.Module, config: Mapping[str, Any], train_data: Any = None, dev_data: Any = None,
+def prune_student(model: nn.Module, config: Mapping[str, Any], train_data: Any = None, val_data: Any = None,
                   on_epoch: Callable[[dict[str, float]], None] | None = None,
                   rewind_state: Mapping[str, torch.Tensor] | None = None) -> PruneResult:
     """The ``prune`` stage: prune ``model`` per ``config``, fine-tune, make pruning permanent.
@@ -403,7 +403,7 @@ def prune_student(model: nn.Module, config: Mapping[str, Any], train_data: Any =
     finetune_epochs, imp_rounds`` and, when fine-tuning, those of :func:`trainables.training.distill.train`.
 
     Args:
-        train_data, dev_data: :class:`trainables.training.distill.Encoded` splits (train with teacher
+        train_data, val_data: :class:`trainables.training.distill.Encoded` splits (train with teacher
             logits); required when ``finetune_epochs > 0``.
         on_epoch: passed to :func:`trainables.training.distill.train` (epoch numbers count across steps).
         rewind_state: ``imp``: the state dict the surviving weights are reset to each round.
@@ -416,8 +416,8 @@ def prune_student(model: nn.Module, config: Mapping[str, Any], train_data: Any =
 
     epochs = int(config["finetune_epochs"])
     gradual = config["prune_schedule"] == "gradual"
-    if epochs and (train_data is None or dev_data is None):
-        raise ConfigError("finetune_epochs > 0 needs training and dev data")
+    if epochs and (train_data is None or val_data is None):
+        raise ConfigError("finetune_epochs > 0 needs training and validation data")
     if gradual and epochs < 1:
         raise ConfigError("prune_schedule=gradual needs finetune_epochs >= 1 (one pruning step per epoch)")
     imp = config["prune_schedule"] == "imp"
@@ -450,7 +450,7 @@ def prune_student(model: nn.Module, config: Mapping[str, Any], train_data: Any =
                 if on_epoch is not None:
                     on_epoch({**row, "epoch": row["epoch"] + offset})
 
-            fit = train(model, train_data, dev_data, {**config, "epochs": tune_epochs}, relay)
+            fit = train(model, train_data, val_data, {**config, "epochs": tune_epochs}, relay)
             result.history += [{**r, "epoch": r["epoch"] + offset} for r in fit.history]
             result.train_time_s += fit.train_time_s
     make_permanent(model)

@@ -245,7 +245,7 @@ class QuantizeResult:
     train_time_s: float = 0.0
 
 
-def quantize_student(model: nn.Module, config: Mapping[str, Any], train_data: Any = None, dev_data: Any = None,
+def quantize_student(model: nn.Module, config: Mapping[str, Any], train_data: Any = None, val_data: Any = None,
                      on_epoch: Callable[[dict[str, float]], None] | None = None) -> QuantizeResult:
     """The ``quantize`` stage: optional QAT, then replace each weight by its dequantized value.
 
@@ -268,15 +268,15 @@ def quantize_student(model: nn.Module, config: Mapping[str, Any], train_data: An
     params = dict(model.named_parameters())
     targets = {k: b for k, b in plan.items() if b < 32 and k in params}
     if qat and targets:
-        if train_data is None or dev_data is None:
-            raise ConfigError("qat_epochs > 0 needs training and dev data")
+        if train_data is None or val_data is None:
+            raise ConfigError("qat_epochs > 0 needs training and validation data")
         keeps = {}
         for key in targets:
             w = params[key].detach()
             keeps[key] = (w != 0).to(w.dtype) if bool((w == 0).any()) else None
             module, name = _owner(model, key)
             parametrize.register_parametrization(module, name, FakeQuantize(targets[key], keeps[key]))
-        fit = train(model, train_data, dev_data, {**config, "epochs": qat}, on_epoch)
+        fit = train(model, train_data, val_data, {**config, "epochs": qat}, on_epoch)
         result.history, result.train_time_s = fit.history, fit.train_time_s
         for key in targets:
             module, name = _owner(model, key)

@@ -105,6 +105,45 @@ class Split:
         """All sentences of the split (both sides for pair tasks), e.g. to learn a vocabulary."""
         return self.text_a + (self.text_b or [])
 
+    def subset(self, rows: np.ndarray, name: str) -> Split:
+        """The split's ``rows`` (int array, in that order) as a new split called ``name``."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return Split(self.task, name, [self.text_a[i] for i in rows],
+                     [self.text_b[i] for i in rows] if self.text_b is not None else None,
+                     np.asarray(self.labels)[rows], f"{self.source}#{name}")
+
+
+#: Share of the training split held out for validation unless ``val_size`` is given.
+DEFAULT_VAL_FRACTION = 0.05
+
+
+def validation_rows(n: int, fraction: float = DEFAULT_VAL_FRACTION, size: int = 0, seed: int = 0
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``n`` training rows into ``(train rows, validation rows)``, both sorted.
+
+    The validation split is carved from the training data so that nothing that selects (early
+    stopping, the best epoch, a scheduler, the search objective) sees the dev set, on which the
+    reported ``accuracy`` is measured. ``size`` rows (when > 0), else ``round(fraction * n)``
+    rows (at least 1), drawn by a permutation seeded with ``seed``.
+
+    Raises:
+        ConfigError: a fraction outside (0, 0.5], a negative size, or one that leaves no training row.
+
+    Example:
+        >>> train, val = validation_rows(10, fraction=0.2, seed=0)
+        >>> len(train), len(val), sorted(set(train) | set(val)) == list(range(10))
+        (8, 2, True)
+    """
+    if not (isinstance(fraction, (int, float)) and 0 < fraction <= 0.5):
+        raise ConfigError(f"val_fraction must be in (0, 0.5], got {fraction!r}")
+    if not isinstance(size, (int, np.integer)) or size < 0:
+        raise ConfigError(f"val_size must be a whole number >= 0, got {size!r}")
+    k = int(size) if size else max(1, int(round(fraction * n)))
+    if k >= n:
+        raise ConfigError(f"a validation split of {k} rows leaves no training row of {n}; lower val_size/val_fraction")
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[k:]), np.sort(perm[:k])
+
 
 def content_hash(text_a: list[str], text_b: list[str] | None, labels: np.ndarray) -> str:
     """sha256 hex digest of the rows ``text_a \\t text_b \\t label \\n`` in order."""

@@ -1,4 +1,4 @@
-"""Knowledge distillation of a student from teacher logits, with early stopping on dev.
+"""Knowledge distillation of a student from teacher logits, with early stopping on a validation split carved from the training data.
 
 Loss (Featherweight thesis, section 5.2; Hinton et al. 2015; Tang et al. 2019):
 
@@ -8,7 +8,7 @@ Loss (Featherweight thesis, section 5.2; Hinton et al. 2015; Tang et al. 2019):
 
 The thesis found raw-logit MSE better for the BiLSTM and T = 3 softmax better for the FFN.
 Training is deterministic for a given seed on CPU (seeded init, seeded shuffling,
-deterministic kernels). The state returned is the best dev epoch's, not the last.
+deterministic kernels). The state returned is the best validation epoch's, not the last.
 """
 
 from __future__ import annotations
@@ -97,9 +97,10 @@ class TrainResult:
 
     Attributes:
         best_epoch: 1-based epoch whose weights were kept.
-        best_accuracy: its dev accuracy, percent.
-        history: one dict per epoch: ``epoch``, ``train_loss``, ``accuracy`` (dev, percent), ``epoch_time_s``.
-        train_time_s: wall time of all epochs, seconds (dev evaluation included; with ``resume``,
+        best_accuracy: its validation accuracy, percent.
+        history: one dict per epoch: ``epoch``, ``train_loss``, ``val_accuracy`` (validation split, percent), ``epoch_time_s``.
+        stopped_at_epoch: the epoch after which ``on_epoch`` stopped training, else ``None``.
+        train_time_s: wall time of all epochs, seconds (validation included; with ``resume``,
             the earlier attempt's epochs count too).
     """
 
@@ -107,6 +108,7 @@ class TrainResult:
     best_accuracy: float
     history: list[dict[str, float]] = field(default_factory=list)
     train_time_s: float = 0.0
+    stopped_at_epoch: int | None = None
 
 
 @dataclass
@@ -119,7 +121,7 @@ class TrainState:
         model: the student's ``state_dict`` after that epoch.
         optimizer: the optimizer's ``state_dict``.
         best: the best epoch's ``state_dict``, or ``None`` when it is ``model`` (the last epoch was best).
-        best_epoch, best_accuracy: the best epoch so far and its dev accuracy (percent).
+        best_epoch, best_accuracy: the best epoch so far and its validation accuracy (percent).
         stale: epochs since the best one (early stopping).
         stopped: early stopping ended training at ``epoch``.
         shuffle_rng, torch_rng: the batch-order generator's and torch's global RNG states
@@ -159,12 +161,15 @@ class TrainState:
         return cls(**torch.load(path, map_location="cpu", weights_only=True))
 
 
-def train(model: nn.Module, train_data: Encoded, dev_data: Encoded, config: Mapping[str, Any],
+def train(model: nn.Module, train_data: Encoded, val_data: Encoded, config: Mapping[str, Any],
           on_epoch: Callable[[dict[str, float]], None] | None = None,
           aux_loss: Callable[[torch.Tensor], torch.Tensor] | None = None,
           resume: TrainState | None = None,
           on_state: Callable[[TrainState], None] | None = None) -> TrainResult:
-    """Distil ``model`` on ``train_data`` and leave it holding the best dev epoch's weights.
+    """Distil ``model`` on ``train_data`` and leave it holding the best validation epoch's weights.
+
+    ``val_data`` is the validation split (carved from the training data, never dev): early
+    stopping and the best epoch are chosen on it.
 
     Trains on the device ``model`` is on (CPU or CUDA); data moves there batch by batch.
 
@@ -173,7 +178,9 @@ def train(model: nn.Module, train_data: Encoded, dev_data: Encoded, config: Mapp
 
     Args:
         on_epoch: called after each epoch with that epoch's history row (e.g. to report to Tune).
-            It runs while the model holds the epoch's (not the best) weights.
+            It runs while the model holds the epoch's (not the best) weights. When it returns
+            ``True`` training stops after that epoch (a scheduler's decision), keeping the best
+            epoch's weights as usual, and ``TrainResult.stopped_at_epoch`` says when.
         aux_loss: called after each forward pass with the batch's row indices (int64 tensor);
             the scalar it returns is added to the loss (e.g. Patient KD,
             :func:`trainables.models.transformer.prepare`).
@@ -227,8 +234,8 @@ def train(model: nn.Module, train_data: Encoded, dev_data: Encoded, config: Mapp
             loss.backward()
             opt.step()
             total, batches = total + loss.item(), batches + 1
-        acc = accuracy_percent(predict(model, dev_data), dev_data.labels.numpy())
-        row = {"epoch": epoch, "train_loss": total / max(batches, 1), "accuracy": acc,
+        acc = accuracy_percent(predict(model, val_data), val_data.labels.numpy())
+        row = {"epoch": epoch, "train_loss": total / max(batches, 1), "val_accuracy": acc,
                "epoch_time_s": time.perf_counter() - t0}
         result.history.append(row)
         if acc > result.best_accuracy:
@@ -245,8 +252,9 @@ def train(model: nn.Module, train_data: Encoded, dev_data: Encoded, config: Mapp
                 torch_rng=torch.get_rng_state(), history=[dict(r) for r in result.history],
                 train_time_s=earlier_s + time.perf_counter() - start,
                 cuda_rng=torch.cuda.get_rng_state(device) if device.type == "cuda" else None))
-        if on_epoch is not None:
-            on_epoch(row)
+        if on_epoch is not None and on_epoch(row) and epoch < epochs:  # the caller stops training here
+            result.stopped_at_epoch = epoch
+            break
     model.load_state_dict(best_state)
     model.eval()
     result.train_time_s = earlier_s + time.perf_counter() - start

@@ -53,7 +53,7 @@ from trainables.models.transformer import TransformerStudent
 from trainables.tracking import MemoryTracker, Tracker, environment_tags
 from trainables.training.distill import TrainState, cpu_copy, train
 from trainables.training.encoded import encode_split, predict
-from trainables.training.metrics import inference_speed, task_metrics
+from trainables.training.metrics import accuracy_percent, inference_speed, task_metrics
 from trainables.trial.checkpoint import (
     TrialCheckpoint,
     continued_energy,
@@ -61,12 +61,15 @@ from trainables.trial.checkpoint import (
     write_progress,
     write_rewind,
 )
-from trainables.trial.state import RunSettings, TrialData, seed_everything
+from trainables.trial.state import RunSettings, TrialData, seed_everything, with_validation
 
 log = logging.getLogger(__name__)
 
 #: ``report(metrics, checkpoint folder)`` after each epoch, ``report(final metrics, None)`` at the end.
-ReportFn = Callable[[dict[str, Any], "Path | None"], None]
+#: An epoch's call returns a reason (e.g. ``"scheduler"``, ``"time_budget"``) to stop distillation
+#: after that epoch: the trial then finishes as usual from its best epoch, tagged ``early_stopped``,
+#: ``stopped_at_epoch`` and ``stop_reason``; ``None`` (or ``""``) continues.
+ReportFn = Callable[[dict[str, Any], "Path | None"], "str | None"]
 
 
 @dataclass
@@ -76,7 +79,9 @@ class Prepared:
     Attributes:
         encoder: the text encoder (tokenizer + vocabulary) of the student.
         model: the student, on the requested device.
-        train_enc, dev_enc: the encoded transfer set (with teacher logits) and dev split.
+        train_enc, val_enc, dev_enc: the encoded transfer set (with teacher logits), validation
+            split (what selects: early stopping, best epoch, scheduler, objective) and dev split
+            (what is reported as ``accuracy``).
         aux_loss: an extra loss term for :func:`trainables.training.distill.train` (Patient KD), or ``None``.
         metrics, tags: what the preparation measured (augmentation cost, Patient KD set-up),
             for the trial's run.
@@ -85,6 +90,7 @@ class Prepared:
     encoder: Any
     model: torch.nn.Module
     train_enc: Any
+    val_enc: Any
     dev_enc: Any
     aux_loss: Callable[[torch.Tensor], torch.Tensor] | None = None
     metrics: dict[str, float] = field(default_factory=dict)
@@ -102,6 +108,7 @@ class TrialState:
         rows: the per-epoch metrics logged so far (kept in the checkpoint for a resumed run).
         rewind: ``prune_schedule=imp``: ``{"epoch", "state"}``, the weights pruning rewinds to.
         train_time_s, best_epoch: of the training stages (seconds; ``None`` without distillation).
+        stopped_at_epoch: the epoch after which ``report`` stopped distillation, else ``None``.
         final, saved: the last stage's metrics and the model loaded from its saved file.
     """
 
@@ -118,6 +125,7 @@ class TrialState:
     rewind: dict[str, Any] = field(default_factory=lambda: {"epoch": None, "state": None})
     train_time_s: float = 0.0
     best_epoch: int | None = None
+    stopped_at_epoch: int | None = None
     final: dict[str, Any] = field(default_factory=dict)
     saved: torch.nn.Module | None = None
 
@@ -158,7 +166,8 @@ def run_trial(config: Mapping[str, Any], data: TrialData, workdir: str | Path, t
             ``resume_skipped``).
 
     Returns:
-        Final metrics: ``accuracy`` (dev, percent; ``f1`` for QQP), ``num_params``,
+        Final metrics: ``accuracy`` (dev, percent; ``f1`` for QQP), ``val_accuracy`` (the
+        validation split carved from train, percent; what the search selects on), ``num_params``,
         ``nonzero_params``, ``size_bytes``, ``gzip_bytes``, ``weights_bytes``, ``fp32_bytes``,
         ``compression_ratio``, ``train_time_s``, ``latency_ms``, ``throughput``, ``best_epoch``,
         the energy metrics when measured, and ``energy_method`` (also a tag).
@@ -169,11 +178,14 @@ def run_trial(config: Mapping[str, Any], data: TrialData, workdir: str | Path, t
     settings = settings or RunSettings()
     tracker = tracker or MemoryTracker()
     workdir = Path(workdir)
+    if data.val is None:  # nothing that selects may see dev: hold out the default validation split
+        data = with_validation(data)
     cfg, init, settings = _resolve(config, tracker, workdir, settings)
     torch.set_num_threads(settings.threads or 1)
     seed_everything(cfg["seed"])
     tags = {**settings.tags, **environment_tags(), "seed": str(cfg["seed"]), "data_hash": data.train.data_hash,
-            "dev_data_hash": data.dev.data_hash, "teacher_id": data.teacher_id, "task": data.train.task}
+            "val_data_hash": data.val.data_hash, "dev_data_hash": data.dev.data_hash, "teacher_id": data.teacher_id,
+            "task": data.train.task}
     tracker.start(run_name, params=cfg, tags=tags)
     try:
         final = _stages(cfg, data, workdir, tracker, settings, report, init, resume_from)
@@ -256,7 +268,8 @@ def prepare(cfg: dict[str, Any], data: TrialData, device: str = "cpu",
     """Stage 2: build a trial's student and its encoded transfer set from a resolved config.
 
     The transfer set is the trial's training rows (the first ``max_train_examples`` of a
-    seeded shuffle; all when 0) plus the driver's teacher-labelled augmentation rows.
+    seeded shuffle; all when 0) plus the driver's teacher-labelled augmentation rows. Data
+    without a validation split gets the default one (:func:`trainables.trial.state.with_validation`).
 
     Args:
         cfg: a resolved config (:func:`trainables.config.resolve_config`).
@@ -267,6 +280,8 @@ def prepare(cfg: dict[str, Any], data: TrialData, device: str = "cpu",
     Raises:
         ConfigError: a config the data cannot serve (e.g. augmentation the driver did not prepare).
     """
+    if data.val is None:
+        data = with_validation(data)
     rows = None
     if cfg["max_train_examples"] and cfg["max_train_examples"] < len(data.train):
         rows = np.random.default_rng(cfg["seed"]).permutation(len(data.train))[: cfg["max_train_examples"]]
@@ -286,7 +301,8 @@ def prepare(cfg: dict[str, Any], data: TrialData, device: str = "cpu",
         encoder, model, aux_loss, built_metrics = factory(cfg, data, split, rows, texts)
         metrics.update(built_metrics or {})
     return Prepared(encoder, model.to(device), encode_split(split, encoder, cfg["max_length"], logits, rows),
-                    encode_split(data.dev, encoder, cfg["max_length"]), aux_loss, metrics, tags)
+                    encode_split(data.val, encoder, cfg["max_length"]), encode_split(data.dev, encoder, cfg["max_length"]),
+                    aux_loss, metrics, tags)
 
 
 def restore(state: TrialState, ckpt: TrialCheckpoint | None) -> None:
@@ -321,11 +337,12 @@ class _EpochCheckpointer:
     def __init__(self, state: TrialState):
         self.state = state
         self.train_state: TrainState | None = None
+        self.stop_reason: str | None = None
 
     def on_state(self, train_state: TrainState) -> None:
         self.train_state = train_state
 
-    def on_epoch(self, row: dict[str, float]) -> None:
+    def on_epoch(self, row: dict[str, float]) -> bool:
         s = self.state
         s.readings.append(s.meter.stop())
         metrics = dict(row)
@@ -341,9 +358,9 @@ class _EpochCheckpointer:
         write_progress(s.checkpoint_dir, self.train_state, so_far, s.rows)
         if s.imp and row["epoch"] <= s.cfg["rewind_epoch"]:  # overwritten up to `rewind_epoch` (or an early stop)
             _keep_rewind_point(s, int(row["epoch"]))
-        if s.report is not None:
-            s.report(metrics, s.checkpoint_dir)
+        self.stop_reason = (s.report(metrics, s.checkpoint_dir) or None) if s.report is not None else None
         s.meter.start()
+        return self.stop_reason is not None
 
 
 def distill_stage(state: TrialState, resume: TrainState | None = None) -> None:
@@ -351,18 +368,22 @@ def distill_stage(state: TrialState, resume: TrainState | None = None) -> None:
     state.checkpoint_dir.mkdir(parents=True, exist_ok=True)
     epochs = _EpochCheckpointer(state)
     state.meter.start()
-    result = train(state.prep.model, state.prep.train_enc, state.prep.dev_enc, state.cfg, epochs.on_epoch,
+    result = train(state.prep.model, state.prep.train_enc, state.prep.val_enc, state.cfg, epochs.on_epoch,
                    state.prep.aux_loss, resume, on_state=epochs.on_state)
     state.meter.stop()  # the window after the last epoch (early-stopping bookkeeping) is not training
     state.train_time_s, state.best_epoch = result.train_time_s, result.best_epoch
+    state.stopped_at_epoch = result.stopped_at_epoch
+    if result.stopped_at_epoch is not None:
+        state.tracker.set_tags({"early_stopped": "true", "stopped_at_epoch": str(result.stopped_at_epoch),
+                                "stop_reason": str(epochs.stop_reason)})
 
 
 def _stage_logger(tracker: Tracker, stage: str) -> Callable[[dict[str, float]], None]:
     """Per-epoch logger of a compression stage's fine-tuning: ``<stage>_train_loss``,
-    ``<stage>_epoch_accuracy`` (dev, percent) and ``<stage>_epoch_time_s`` at ``step=epoch``."""
+    ``<stage>_epoch_val_accuracy`` (validation split, percent) and ``<stage>_epoch_time_s`` at ``step=epoch``."""
 
     def log_row(row: dict[str, float]) -> None:
-        tracker.log_metrics({f"{stage}_train_loss": row["train_loss"], f"{stage}_epoch_accuracy": row["accuracy"],
+        tracker.log_metrics({f"{stage}_train_loss": row["train_loss"], f"{stage}_epoch_val_accuracy": row["val_accuracy"],
                              f"{stage}_epoch_time_s": row["epoch_time_s"]}, step=int(row["epoch"]))
 
     return log_row
@@ -378,7 +399,7 @@ def compress_stage(state: TrialState, stage: str, folder: Path) -> tuple[Path, d
     s, model = state, state.prep.model
     s.meter.start()
     if stage == "prune":
-        out = prune_student(model, s.cfg, s.prep.train_enc, s.prep.dev_enc, _stage_logger(s.tracker, stage),
+        out = prune_student(model, s.cfg, s.prep.train_enc, s.prep.val_enc, _stage_logger(s.tracker, stage),
                             s.rewind["state"])
         quantized, runtime, extra = None, "float32", out.sparsity
         if s.imp:
@@ -387,7 +408,7 @@ def compress_stage(state: TrialState, stage: str, folder: Path) -> tuple[Path, d
                 log.warning("early stopping ended distillation at epoch %s, before rewind_epoch=%s; "
                             "rewound to epoch %s", s.rewind["epoch"], s.cfg["rewind_epoch"], s.rewind["epoch"])
     else:
-        out = quantize_student(model, s.cfg, s.prep.train_enc, s.prep.dev_enc, _stage_logger(s.tracker, stage))
+        out = quantize_student(model, s.cfg, s.prep.train_enc, s.prep.val_enc, _stage_logger(s.tracker, stage))
         quantized, runtime, extra = out.tensors, out.runtime, {}
     s.readings.append(s.meter.stop())
     s.train_time_s += out.train_time_s
@@ -403,22 +424,25 @@ def save_and_evaluate(state: TrialState, stage: str, folder: Path, path: Path, s
     loaded from that file (:func:`evaluate_saved`); with ``several`` stages, log them prefixed."""
     (folder / "config.yaml").write_text(yaml.safe_dump(state.cfg, sort_keys=True))
     state.final, state.saved = evaluate_saved(path, sizes, state.data, state.prep.dev_enc, state.cfg,
-                                              state.settings.threads or 1)
+                                              state.settings.threads or 1, state.prep.val_enc)
     state.final.update(extra)
     if several:
         state.tracker.log_metrics({f"{stage}_{k}": v for k, v in state.final.items()})
 
 
 def evaluate_saved(path: Path, sizes: dict[str, int], data: TrialData, dev_enc: Any, cfg: dict[str, Any],
-                   threads: int) -> tuple[dict[str, Any], torch.nn.Module]:
+                   threads: int, val_enc: Any = None) -> tuple[dict[str, Any], torch.nn.Module]:
     """Metrics of the student saved at ``path``, measured on the model loaded from that file.
 
     Returns:
-        ``(metrics, loaded model)``: task metrics (percent), ``sizes``, ``latency_ms``, ``throughput``,
+        ``(metrics, loaded model)``: task metrics on dev (percent), ``val_accuracy`` (percent, when
+        ``val_enc`` is given), ``sizes``, ``latency_ms``, ``throughput``,
         ``num_params``, ``nonzero_params``, ``fp32_bytes`` (4 x num_params) and ``compression_ratio``.
     """
     saved, saved_encoder, _ = load_student(path)
     metrics: dict[str, Any] = task_metrics(data.train.task, predict(saved, dev_enc), data.dev.labels)
+    if val_enc is not None:
+        metrics["val_accuracy"] = accuracy_percent(predict(saved, val_enc), val_enc.labels.numpy())
     if data.dev_mismatched is not None:
         mm = encode_split(data.dev_mismatched, saved_encoder, cfg["max_length"])
         mm_metrics = task_metrics("mnli", predict(saved, mm), data.dev_mismatched.labels)
@@ -456,6 +480,7 @@ def finish(state: TrialState) -> dict[str, Any]:
     s.tracker.set_tags(tags)
     s.tracker.log_artifact(s.workdir / "model", "model")
     final["energy_method"] = tags["energy_method"]
+    final["early_stopped"] = s.stopped_at_epoch is not None  # also a tag (with stopped_at_epoch) when true
     if s.report is not None:
         s.report(final, None)
     return final

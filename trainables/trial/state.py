@@ -7,14 +7,15 @@ them in Ray's object store).
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import torch
 
-from trainables.data.glue import Split
+from trainables.data.glue import DEFAULT_VAL_FRACTION, Split, validation_rows
 from trainables.energy import DEFAULT_KG_PER_KWH, DEFAULT_PUE
+from trainables.errors import ConfigError
 
 
 @dataclass
@@ -29,6 +30,10 @@ class TrialData:
         teacher_path: the teacher folder or hub name (``student: transformer`` starts from it).
         augmented: ``(augment_n, augment_p)`` -> :class:`trainables.data.augment.AugmentedSet`, the
             teacher-labelled synthetic rows the driver made (:func:`trainables.data.augment.prepare_for_space`).
+        val: the validation split carved from the training data (:func:`with_validation`); early
+            stopping, the best epoch, the scheduler and the search objective (``val_accuracy``)
+            use it, never ``dev``. ``None`` until carved (:func:`trainables.trial.run_trial` carves
+            the default one).
     """
 
     train: Split
@@ -40,6 +45,29 @@ class TrialData:
     dev_mismatched: Split | None = None
     teacher_path: str | None = None
     augmented: dict[tuple[int, float], Any] = field(default_factory=dict)
+    val: Split | None = None
+
+
+def with_validation(data: TrialData, fraction: float = DEFAULT_VAL_FRACTION, size: int = 0, seed: int = 0
+                    ) -> TrialData:
+    """``data`` with a validation split carved from its training split (:func:`trainables.data.glue.validation_rows`).
+
+    The training split (and its teacher logits) keep the other rows, in order; augmented sets
+    must be made afterwards, from the reduced training split.
+
+    Raises:
+        ConfigError: bad ``fraction``/``size``, a split that already has one, or augmented sets
+            made from the full training split.
+    """
+    if data.val is not None:
+        raise ConfigError("the trial data already has a validation split")
+    if data.augmented:
+        raise ConfigError("carve the validation split before making augmented transfer sets")
+    if len(data.train_logits) != len(data.train):
+        raise ConfigError(f"teacher logits have {len(data.train_logits)} rows, the training split {len(data.train)}")
+    train_rows, val_rows = validation_rows(len(data.train), fraction, size, seed)
+    return replace(data, train=data.train.subset(train_rows, "train"), train_logits=data.train_logits[train_rows],
+                   val=data.train.subset(val_rows, "validation"), augmented={})
 
 
 @dataclass

@@ -41,7 +41,11 @@ def tune_trainable(config: dict[str, Any], data: TrialData, tracking: Mapping[st
             (a :class:`trainables.trial.state.RunSettings`) from the driver; optional
             ``earlier_attempts(client, trial_id)``: settles the runs of earlier attempts of this
             trial (retries, resumed searches) and returns the metrics of one that finished (then
-            reported as this trial's result, nothing retrained) and tags for the new run.
+            reported as this trial's result, nothing retrained) and tags for the new run; optional
+            ``should_stop(trial_id, epoch) -> reason | None``, asked after each epoch's report:
+            a reason (a scheduler's rung decision, a spent time budget) stops distillation after
+            that epoch, and the trial finishes from its best epoch (tags ``early_stopped``,
+            ``stopped_at_epoch``, ``stop_reason``).
     """
     ctx = tune.get_context()
     tracker = MlflowTracker(tracking["tracking_uri"], tracking["experiment_id"], tracking["parent_run_id"])
@@ -59,12 +63,15 @@ def tune_trainable(config: dict[str, Any], data: TrialData, tracking: Mapping[st
                             "ray_node_id": ray.get_runtime_context().get_node_id()},
                            device="cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu")
 
-    def report(metrics: dict[str, Any], ckpt: Path | None) -> None:
+    should_stop = tracking.get("should_stop")
+
+    def report(metrics: dict[str, Any], ckpt: Path | None) -> str | None:
         if ckpt is not None:
             report_epoch(metrics, ckpt)
-            return
+            return should_stop(ctx.get_trial_id(), int(metrics["epoch"])) if should_stop is not None else None
         numeric = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
         tune.report({**numeric, "mlflow_run_id": tracker.run_id, "energy_method": metrics.get("energy_method")})
+        return None
 
     workdir = ctx.get_trial_dir() or tempfile.mkdtemp(prefix="featherweight-trial-")
     os.makedirs(workdir, exist_ok=True)

@@ -38,7 +38,7 @@ def test_training_learns_and_keeps_the_best_epoch(sst2_small):
     cfg, model, tr, dv = _setup(sst2_small)
     seen = []
     result = train(model, tr, dv, cfg, on_epoch=seen.append)
-    accs = [row["accuracy"] for row in result.history]
+    accs = [row["val_accuracy"] for row in result.history]
     assert [row["epoch"] for row in seen] == [1, 2, 3]
     assert result.best_accuracy == max(accs) and result.best_epoch == 1 + accs.index(max(accs))
     assert accuracy_percent(predict(model, dv), sst2_small.dev.labels) == result.best_accuracy
@@ -48,7 +48,7 @@ def test_training_learns_and_keeps_the_best_epoch(sst2_small):
 def test_early_stopping_stops_after_patience(sst2_small):
     cfg, model, tr, dv = _setup(sst2_small, epochs=8, patience=1, lr=0.05)
     result = train(model, tr, dv, cfg)
-    accs = [row["accuracy"] for row in result.history]
+    accs = [row["val_accuracy"] for row in result.history]
     assert len(accs) < 8 and accs[-1] <= max(accs[:-1])
 
 
