@@ -1,9 +1,10 @@
 """Student files from elsewhere: every crafted file is refused with one ConfigError line, before
-anything large is allocated (peak memory measured in a fresh process)."""
+anything large is allocated (peak memory measured in a fresh process, from Linux's VmHWM)."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -87,8 +88,14 @@ _MEASURE = textwrap.dedent("""
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * resource.getpagesize()
 
+    def high_water_mark():  # peak RSS since the last reset (Linux: VmHWM)
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM"))
+
     for path in sys.argv[1].split(","):  # real files loaded first: lazy imports are not counted
         load_student(path)
+    with open("/proc/self/clear_refs", "w") as f:  # reset the peak: only what follows is measured
+        f.write("5")
     before = rss()
     refused = 0
     for path in sys.argv[2:]:
@@ -100,15 +107,15 @@ _MEASURE = textwrap.dedent("""
             load_student(path)
         except ConfigError:
             refused += 1
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({{"refused": refused, "peak_above_start": peak - before}}))
+    print(json.dumps({{"refused": refused, "peak_above_start": high_water_mark() - before}}))
 """)
 
 
 def _peak(warm: list[Path], paths: list[str]) -> dict:
     code = _MEASURE.format(root=str(ROOT), tests=str(ROOT / "tests"))
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")}  # not the session's
     proc = subprocess.run([sys.executable, "-c", code, ",".join(map(str, warm)), *paths], capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
