@@ -4,7 +4,7 @@
     python run_search.py search  --task sst2 --data-dir ../shared/data/glue --teacher DIR ...
     python run_search.py teacher --task sst2 --data-dir ../shared/data/glue [--base NAME_OR_PATH] [--out DIR]
     python run_search.py server  [--host 0.0.0.0] [--port 5000]     # MLflow tracking server for a cluster
-    python run_search.py resume  --experiment NAME [--tracking-uri URI]   # finish a stopped search
+    python run_search.py resume  --experiment NAME --storage-path DIR [--tracking-uri URI]   # finish a stopped search
 
 Bad input (unknown task, malformed space, missing data, unreachable cluster or tracking
 server) prints one line ``error: ...`` and exits with code 2 before any expensive work. Ray
@@ -112,7 +112,7 @@ def _exit_code(front) -> int:
 
 def _scalar(text: str) -> object:
     """``"2"`` -> 2, ``"1e-3"`` -> 0.001, ``"true"`` -> True, anything else stays a string."""
-    import yaml
+    from trainables.untrusted import load_yaml_text
 
     for cast in (int, float):
         try:
@@ -120,8 +120,8 @@ def _scalar(text: str) -> object:
         except ValueError:
             pass
     try:
-        value = yaml.safe_load(text) if text else ""
-    except yaml.YAMLError:
+        value = load_yaml_text(text, "--set") if text else ""
+    except ConfigError:
         return text
     return value if isinstance(value, (bool, str)) else text
 
@@ -174,7 +174,11 @@ def _add_resume(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--search-id", default=None, help="search id or parent run id (default: the newest search)")
     p.add_argument("--address", default=None,
                    help="Ray cluster (auto, HOST:PORT, ray://HOST:PORT, or local); default: the search's")
-    p.add_argument("--storage-path", default=None, help="where the search's Tune storage is now, if it moved")
+    p.add_argument("--storage-path", default=None,
+                   help="the folder holding the search's Tune experiment folder (where it was, or where it moved); "
+                        "Tune's state is pickled, so resume restores it only from a folder you name or confirm")
+    p.add_argument("--trust-recorded-storage", action="store_true",
+                   help="restore Tune's state from the folder the MLflow store records, without --storage-path")
     p.set_defaults(func=_cmd_resume)
 
 
@@ -182,7 +186,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     from search.resume import resume_search
 
     return _exit_code(resume_search(args.experiment, args.tracking_uri, args.search_id, args.address,
-                                    args.storage_path))
+                                    args.storage_path, args.trust_recorded_storage))
 
 
 def _add_teacher(sub: argparse._SubParsersAction) -> None:
@@ -203,11 +207,18 @@ def _add_teacher(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_teacher(args: argparse.Namespace) -> int:
     from trainables.data.glue import check_task, load_split
-    from trainables.data.teacher import default_teacher_dir, finetune_teacher
+    from trainables.data.teacher import check_finetune_options, default_teacher_dir, finetune_teacher
+    from trainables.untrusted import check_output_folder, expand_path
 
     task = check_task(args.task)
-    train, dev = load_split(task, "train", args.data_dir), load_split(task, "dev", args.data_dir)
+    if args.cache_dir is not None:
+        check_output_folder(args.cache_dir, "--cache-dir")
+    if args.data_dir is not None:
+        expand_path(args.data_dir, "--data-dir")
     out = args.out or default_teacher_dir(task, args.cache_dir)
+    check_finetune_options(args.epochs, args.lr, args.batch_size, args.max_length, args.max_train_examples,
+                           args.seed, out, args.base)  # before any data or model is loaded
+    train, dev = load_split(task, "train", args.data_dir), load_split(task, "dev", args.data_dir)
     meta = finetune_teacher(train, dev, out, base=args.base, epochs=args.epochs, lr=args.lr,
                             batch_size=args.batch_size, max_length=args.max_length,
                             max_train_examples=args.max_train_examples, seed=args.seed)
@@ -228,8 +239,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _MaskCredentials(logging.Filter):
+    """Masks ``scheme://user:password@`` in every log record (:func:`trainables.untrusted.mask_credentials`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from trainables.untrusted import mask_credentials
+
+        try:
+            message = record.getMessage()
+        except Exception:  # a record whose arguments do not fit its format: leave it to the handler
+            return True
+        masked = mask_credentials(message)
+        if masked != message:
+            record.msg, record.args = masked, ()
+        return True
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _MaskCredentials) for f in handler.filters):
+            handler.addFilter(_MaskCredentials())
     try:
         args = build_parser().parse_args(argv)
         return args.func(args)
@@ -245,9 +275,17 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+#: Longest error line printed (characters); a longer message is cut and ends with ``...``.
+MAX_ERROR_CHARS = 2000
+
+
 def _one_line(message: str) -> str:
-    """``message`` with line breaks and other control characters escaped (user text can hold any)."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+    """``message`` with credentials masked, line breaks and other control characters escaped (user
+    text can hold any) and cut to :data:`MAX_ERROR_CHARS`."""
+    from trainables.untrusted import mask_credentials
+
+    line = "".join(c if c.isprintable() else repr(c)[1:-1] for c in mask_credentials(message))
+    return line if len(line) <= MAX_ERROR_CHARS else line[: MAX_ERROR_CHARS - 3] + "..."
 
 
 if __name__ == "__main__":

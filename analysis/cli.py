@@ -12,9 +12,11 @@ takes the parsed :class:`argparse.Namespace` and returns an exit code. Bad input
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from trainables.errors import ConfigError
+from trainables.untrusted import check_output_folder, safe_name, short
 
 __all__ = ["add_commands"]
 
@@ -26,7 +28,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("analyze", help="rank a search's trials, plot it and write an HTML report")
     p.add_argument("--experiment", required=True, help="MLflow experiment name or id")
     p.add_argument("--tracking-uri", default=None, help=_URI_HELP)
-    p.add_argument("--out", default=None, help="report folder (default reports/<experiment>)")
+    p.add_argument("--out", default=None,
+                   help="report folder (default reports/<experiment>, the name made a safe folder name)")
     p.add_argument("--objectives", default=None,
                    help="e.g. accuracy:max,size_bytes:min (default: the objectives the search used)")
     p.add_argument("--reference", default=None,
@@ -40,7 +43,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("export", help="write selected trials of a search as replayable YAML configs")
     p.add_argument("--experiment", required=True, help="MLflow experiment name or id")
     p.add_argument("--tracking-uri", default=None, help=_URI_HELP)
-    p.add_argument("--out", default=None, help="folder for the YAML files (default exports/<experiment>)")
+    p.add_argument("--out", default=None,
+                   help="folder for the YAML files (default exports/<experiment>, the name made a safe folder name)")
     p.add_argument("--select", required=True,
                    help="pareto, knee, best:METRIC or METRIC@OTHER<=VALUE (e.g. accuracy@size_bytes<=200000)")
     p.add_argument("--objectives", default=None, help="objectives of pareto/knee (default: the search's)")
@@ -55,23 +59,28 @@ def _reference(text: str | None) -> list[float] | None:
     """``"79,430"`` -> ``[79.0, 430.0]``.
 
     Raises:
-        ConfigError: an item that is not a number.
+        ConfigError: an item that is not a finite number.
     """
     if text is None:
         return None
     try:
-        return [float(v) for v in text.split(",")]
+        values = [float(v) for v in text.split(",")]
     except ValueError:
-        raise ConfigError(f"--reference {text!r} must be comma-separated numbers, one per objective") from None
+        values = []
+    if not values or not all(math.isfinite(v) for v in values):
+        raise ConfigError(f"--reference {short(text)} must be comma-separated finite numbers, one per objective")
+    return values
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from analysis.report import analyze
 
-    out = args.out or str(Path("reports") / args.experiment)
+    out = args.out or str(Path("reports") / safe_name(args.experiment))  # a name, not a path: no '..' or '/'
     groups = [g.strip() for g in args.group_by.split(",") if g.strip()]
+    reference = _reference(args.reference)
+    check_output_folder(out, "--out")  # before the store is read or written
     report = analyze(args.tracking_uri, args.experiment, out, objectives=args.objectives,
-                     reference=_reference(args.reference), search_id=args.search_id, group_by=groups)
+                     reference=reference, search_id=args.search_id, group_by=groups)
     print(f"report written to {report} (also logged to the search's parent run under analysis/)")
     return 0
 
@@ -79,7 +88,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from analysis.export import export_configs
 
-    out = args.out or str(Path("exports") / args.experiment)
+    out = args.out or str(Path("exports") / safe_name(args.experiment))  # a name, not a path: no '..' or '/'
+    check_output_folder(out, "--out")
     paths = export_configs(args.tracking_uri, args.experiment, out, args.select, search_id=args.search_id,
                            objectives=args.objectives, register=args.register)
     for path in paths:

@@ -57,6 +57,7 @@ from analysis.registry import ALIAS_SELECTORS, alias_of, check_model_name, logge
 from analysis.runs import _load, _metric_columns, _objectives, _open_store, _require_metrics
 from trainables.config import PARAMS, parse_param, resolve_config
 from trainables.errors import ConfigError
+from trainables.untrusted import check_output_folder, mask_credentials
 
 __all__ = ["PERCENT_METRICS", "Selector", "export_configs", "minimal_config", "parse_selector"]
 
@@ -274,13 +275,14 @@ def export_configs(
         The written paths, in trial order.
 
     Raises:
-        ConfigError: a bad selector (checked before the store is opened), store/experiment/
+        ConfigError: a bad selector or ``out_dir`` (checked before the store is opened), store/experiment/
             search not found, no finished trial, a metric no trial logged, no trial meeting
             the constraint, a run whose params are not a valid trial config, or (``register``) a
             malformed model name or a selected run without a logged model.
     """
     sel = parse_selector(select)
     name = check_model_name(register) if register is not None else None
+    out = check_output_folder(out_dir, "--out")  # before the store is opened
     client, uri = _open_store(tracking_uri)
     df, exp, parent = _load(client, uri, experiment, search_id, ("FINISHED",))
     objs = _objectives(objectives, parent) if sel.kind in ("pareto", "knee") else None
@@ -299,7 +301,6 @@ def export_configs(
                              "trial_id": runs[rid].data.tags.get("trial_id", "")}} for rid in runs]
         registered = register_students(client, name, entries, _alias_targets(df, sel, objectives, parent, select),
                                        description=f"featherweight students of experiment {exp.name!r}")
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     # the trial's results; MLflow's system metrics (system/...) describe the machine, not the student
     metric_cols = [c for c in _metric_columns(df) if not c.startswith("system/")]
@@ -311,7 +312,7 @@ def export_configs(
             "config": config,
             "source_run_id": run_id,
             "experiment": exp.name,
-            "tracking_uri": uri,
+            "tracking_uri": mask_credentials(uri),  # an exported file may be shared: no password in it
             "metrics": {c: float(row[c]) for c in metric_cols if pd.notna(row[c])},
             "model_uri": f"models:/{model_ids[run_id]}" if model_ids[run_id] else None,
             "student_uri": _student_uri(client, run_id, config),

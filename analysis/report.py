@@ -49,6 +49,7 @@ from analysis.pareto import default_reference, hv_scale, hypervolume_history, pa
 from analysis.plots import NOT_RANDOM_NOTE, plot_expected_max, plot_hypervolume_history, plot_pairwise, plot_skyline
 from analysis.runs import PARAM_PREFIX, TAG_PREFIX, _column, _load, _objectives, _open_store, _require_metrics
 from trainables.errors import ConfigError
+from trainables.untrusted import check_output_folder, mask_credentials, short
 
 __all__ = ["REPORT_NAME", "ARTIFACT_DIR", "DODGE", "TANG", "analyze"]
 
@@ -206,6 +207,16 @@ def _reference(reference: Sequence[float] | None, values: np.ndarray, directions
     return ref
 
 
+def _finite_reference(reference: Sequence[float]) -> None:
+    """Raises ConfigError unless ``reference`` is a non-empty sequence of finite numbers."""
+    try:
+        values = np.array(reference, dtype=float).reshape(-1)
+    except (TypeError, ValueError):
+        values = np.array([np.nan])
+    if not values.size or not np.isfinite(values).all():
+        raise ConfigError(f"hypervolume reference must be finite numbers, got {short(reference)}")
+
+
 def _hv_inputs(parent: Any, objs: Mapping[str, str], values: np.ndarray, reference: Sequence[float] | None
                ) -> tuple[np.ndarray, np.ndarray, str]:
     """``(values, reference, note)`` of the hypervolume: the search's own fixed reference point
@@ -262,9 +273,14 @@ def analyze(
         Path of ``out_dir/report.html``.
 
     Raises:
-        ConfigError: store, experiment or search not found; bad objectives, reference or
-            group column; an objective no trial logged; or no finished trial.
+        ConfigError: ``out_dir`` not a folder that can be created, a reference that is not
+            finite numbers (both checked before the store is opened); store, experiment or
+            search not found; bad objectives, reference length or group column; an objective
+            no trial logged; or no finished trial.
     """
+    out = check_output_folder(out_dir, "--out")  # nothing is read or written before the inputs are checked
+    if reference is not None:
+        _finite_reference(reference)
     client, uri = _open_store(tracking_uri)
     df, exp, parent = _load(client, uri, experiment, search_id, ("FINISHED",))
     objs = _objectives(objectives, parent)
@@ -283,7 +299,6 @@ def analyze(
     client.set_tag(parent.info.run_id, "pareto_objectives", ",".join(f"{k}:{v}" for k, v in objs.items()))
     warn = parent.data.tags.get("random_search", "").lower() != "true"
 
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
     files: list[Path] = []
@@ -318,7 +333,7 @@ def analyze(
                     best=(metric, "max"), median=(metric, "median"))
                .reset_index().rename(columns={"best": f"best {metric}", "median": f"median {metric}"}))
     tags = parent.data.tags
-    info = [("experiment", f"{exp.name} (id {exp.experiment_id})"), ("tracking URI", uri),
+    info = [("experiment", f"{exp.name} (id {exp.experiment_id})"), ("tracking URI", mask_credentials(uri)),
             ("search id", search), ("parent run", parent.info.run_id),
             ("sampler", f"{tags.get('sampler', '?')} (random_search={tags.get('random_search', '?')})"),
             ("objectives", ", ".join(f"{k} ({v})" for k, v in objs.items())),

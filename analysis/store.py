@@ -7,6 +7,8 @@ attempt (``featherweight.role=trial``) into an MLflow experiment.
 
 from __future__ import annotations
 
+import base64
+import http.client
 import re
 import urllib.error
 import urllib.parse
@@ -15,7 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from trainables.errors import ConfigError
+from trainables.untrusted import expand_path, mask_credentials, short
 
+#: Schemes of the tracking URIs MLflow can log to (``+driver`` variants of the databases included).
+SQL_SCHEMES = ("postgresql", "mysql", "mssql", "oracle")
+TRACKING_SCHEMES = ("sqlite", "http", "https", "databricks", *SQL_SCHEMES)
+SQLITE_MAGIC = b"SQLite format 3\x00"
 ROLE_TAG = "featherweight.role"  # "search" on parent runs, "trial" on child runs
 OPTIONS_TAG = "featherweight.search_options"  # JSON of the SearchOptions, on parent runs (what resume reads)
 _SAFE_ID = re.compile(r"^[\w.:\-]+$")  # search ids and run ids
@@ -30,40 +37,100 @@ def resolve_tracking_uri(uri: str | None, cwd: str | Path | None = None) -> tupl
     artifact store (``None``).
 
     Raises:
-        ConfigError: the ``./mlruns`` file store (refused by MLflow 3) or a sqlite folder that does not exist.
+        ConfigError: a malformed URI, a scheme MLflow cannot track to (:data:`TRACKING_SCHEMES`),
+            the ``./mlruns`` file store (refused by MLflow 3), an in-memory sqlite database, a
+            sqlite folder that does not exist, or a sqlite path that is not an SQLite database.
     """
     cwd = Path(cwd or Path.cwd())
     if uri is None:
         uri = "sqlite:///mlflow.db"
-    parsed = urllib.parse.urlparse(uri)
-    if parsed.scheme == "sqlite":
-        raw = uri[len("sqlite:///"):]
-        db = Path(raw) if raw.startswith("/") else cwd / raw
-        if not db.parent.is_dir():
-            raise ConfigError(f"tracking store folder {str(db.parent)!r} does not exist; create it or pass "
-                              f"--tracking-uri sqlite:///mlflow.db")
-        return f"sqlite:///{db.resolve()}", (db.parent.resolve() / "mlartifacts").as_uri()
-    if parsed.scheme in ("", "file"):
-        raise ConfigError(f"tracking URI {uri!r} is a file store, which MLflow 3 refuses; use "
+    parsed = _parse_uri(uri)
+    uri = parsed.scheme.lower() + uri[len(parsed.scheme):]  # HTTP://... as http://... (checks compare lower case)
+    scheme = parsed.scheme.lower().split("+", 1)[0]
+    if scheme == "sqlite":
+        return _sqlite_store(uri, cwd)
+    if scheme in ("", "file"):
+        raise ConfigError(f"tracking URI {mask_credentials(uri)!r} is a file store, which MLflow 3 refuses; use "
                           f"sqlite:///mlflow.db or a server (http://host:port)")
+    if scheme not in TRACKING_SCHEMES:
+        raise ConfigError(f"tracking URI scheme {parsed.scheme!r} is not supported; use sqlite:///PATH, "
+                          f"http(s)://HOST:PORT or a database URI ({', '.join(SQL_SCHEMES)})")
+    if scheme in ("http", "https") and not parsed.hostname:
+        raise ConfigError(f"tracking URI {mask_credentials(uri)!r} names no host; use http(s)://HOST:PORT")
     return uri, None
 
 
+def _parse_uri(uri: Any) -> urllib.parse.SplitResult:
+    """``urlsplit(uri)``, with its port read (a malformed port or IPv6 host raises here, not later).
+
+    Raises:
+        ConfigError: not printable text, or a URI ``urllib`` cannot parse.
+    """
+    if not isinstance(uri, str) or not uri.strip() or not uri.isprintable() or len(uri) > 4096:
+        raise ConfigError(f"tracking URI {mask_credentials(short(uri))} must be a printable URI such as "
+                          f"sqlite:///mlflow.db or http://HOST:PORT")
+    try:
+        parsed = urllib.parse.urlsplit(uri)
+        parsed.port  # noqa: B018 -- raises ValueError for a port that is not a number in 0..65535
+    except ValueError as e:
+        raise ConfigError(f"tracking URI {mask_credentials(uri)!r} is malformed ({e})") from None
+    return parsed
+
+
+def _sqlite_store(uri: str, cwd: Path) -> tuple[str, str]:
+    """``(absolute sqlite URI, artifact root)`` of a ``sqlite:///PATH`` store.
+
+    Raises:
+        ConfigError: not ``sqlite:///PATH`` (an in-memory database, which trials in other
+            processes cannot see, included), a folder that does not exist, a path that is a
+            folder, or an existing file that is not an SQLite database.
+    """
+    raw = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
+    if not raw or raw.startswith(":memory:") or "?" in raw or "mode=memory" in raw:
+        raise ConfigError(f"tracking URI {mask_credentials(uri)!r} must be sqlite:///PATH of a database file "
+                          f"(an in-memory database is not shared with the trials)")
+    expand_path(raw, "--tracking-uri")  # a name too long for the file system makes even is_dir() raise
+    db = Path(raw) if raw.startswith("/") else cwd / raw
+    if not db.parent.is_dir():
+        raise ConfigError(f"tracking store folder {str(db.parent)!r} does not exist; create it or pass "
+                          f"--tracking-uri sqlite:///mlflow.db")
+    if db.is_dir():
+        raise ConfigError(f"tracking store {str(db)!r} is a folder; pass sqlite:///PATH of a database file")
+    if db.exists():
+        try:
+            with db.open("rb") as f:
+                head = f.read(16)
+        except OSError as e:
+            raise ConfigError(f"tracking store {str(db)!r} cannot be read ({e.strerror or type(e).__name__})") from None
+        if head and head != SQLITE_MAGIC:
+            raise ConfigError(f"tracking store {str(db)!r} is not an SQLite database")
+    return f"sqlite:///{db.resolve()}", (db.parent.resolve() / "mlartifacts").as_uri()
+
+
 def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
-    """Fail fast when a tracking server does not answer its ``/health`` endpoint.
+    """Fail fast when a tracking server does not answer its ``/health`` endpoint (credentials in
+    the URI, ``user:password@``, are sent as HTTP basic authentication, never in the request line).
 
     Raises:
         ConfigError: unreachable or unhealthy ``http(s)`` server.
     """
-    if not uri.startswith(("http://", "https://")):
+    if urllib.parse.urlsplit(uri).scheme.lower() not in ("http", "https"):
         return
+    shown = mask_credentials(uri)
+    parts = urllib.parse.urlsplit(uri)
+    request = urllib.request.Request(uri.rstrip("/") + "/health")
+    if parts.username is not None or parts.password is not None:  # user:password@ -> basic auth, as MLflow does
+        host = parts.netloc.rsplit("@", 1)[1]
+        request = urllib.request.Request(urllib.parse.urlunsplit(parts._replace(netloc=host)).rstrip("/") + "/health")
+        token = f"{urllib.parse.unquote(parts.username or '')}:{urllib.parse.unquote(parts.password or '')}"
+        request.add_header("Authorization", "Basic " + base64.b64encode(token.encode()).decode("ascii"))
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as resp:
+        with urllib.request.urlopen(request, timeout=timeout_s) as resp:
             if resp.status != 200:
-                raise ConfigError(f"tracking server {uri} answered /health with HTTP {resp.status}")
-    except (TimeoutError, urllib.error.URLError, ConnectionError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        raise ConfigError(f"tracking server {uri} is unreachable ({reason}); start one with "
+                raise ConfigError(f"tracking server {shown} answered /health with HTTP {resp.status}")
+    except (TimeoutError, urllib.error.URLError, ConnectionError, OSError, ValueError, http.client.HTTPException) as e:
+        reason = mask_credentials(str(getattr(e, "reason", e)))
+        raise ConfigError(f"tracking server {shown} is unreachable ({reason}); start one with "
                           f"`python run_search.py server` or pass --tracking-uri sqlite:///mlflow.db") from None
 
 

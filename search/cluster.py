@@ -141,7 +141,8 @@ def check_address(address: str | None, timeout_s: float = 3.0) -> None:
 def _check_target(address: str, timeout_s: float, named: str, source: str = "") -> None:
     scheme, sep, target = address.rpartition("://")
     host, _, port = target.rpartition(":")
-    if (sep and scheme != "ray") or not host or not port.isdigit() or not 0 < int(port) < 65536 or "/" in target:
+    if ((sep and scheme != "ray") or not host or not (port.isascii() and port.isdigit())  # '²'.isdigit() is True
+            or not 0 < int(port) < 65536 or "/" in target):
         raise ConfigError(f"{named} must be auto, HOST:PORT or ray://HOST:PORT")
     if scheme == "ray":
         missing = missing_extra("ray", "client")
@@ -151,7 +152,7 @@ def _check_target(address: str, timeout_s: float, named: str, source: str = "") 
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
             pass
-    except (OSError, UnicodeError) as e:
+    except (OSError, UnicodeError, ValueError) as e:
         reason = getattr(e, "strerror", None) or e
         where = f"{address}, {source}" if source else address
         raise ConfigError(f"cannot reach a Ray cluster at {where} ({reason}); {_JOIN_HINT}") from None

@@ -167,13 +167,21 @@ def search_options_of(run: Any) -> dict[str, Any]:
     """The SearchOptions a search ran with, as recorded on its parent run.
 
     Raises:
-        ConfigError: the run does not record them (a search from an older version).
+        ConfigError: the run does not record them (a search from an older version), or the tag
+            is not a JSON object.
     """
     raw = run.data.tags.get(OPTIONS_TAG)
     if raw is None:
         raise ConfigError(f"search run {run.info.run_id} does not record its options (tag {OPTIONS_TAG}); it cannot "
                           f"be resumed")
-    return json.loads(raw)
+    try:
+        record = json.loads(raw)
+    except (ValueError, RecursionError):
+        record = None
+    if not isinstance(record, dict):
+        raise ConfigError(f"search run {run.info.run_id}: its tag {OPTIONS_TAG} is not a JSON object; it cannot be "
+                          f"resumed")
+    return record
 
 
 def reopen_run(client: Any, run_id: str, note: str) -> None:

@@ -13,13 +13,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from analysis.export import PERCENT_METRICS, minimal_config
 from analysis.runs import _final_metrics, _open_store
@@ -32,26 +31,32 @@ from trainables.data.augment import prepare_for_space
 from trainables.errors import ConfigError
 from trainables.tracking import MlflowTracker
 from trainables.trial import RunSettings, run_trial
+from trainables.untrusted import check_output_folder, expand_path, load_yaml_file, short
 
 log = logging.getLogger(__name__)
+
+_RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 def _read_export(path: Path) -> dict[str, Any]:
     """The mapping in an exported YAML, checked for ``config`` and ``source_run_id``.
 
     Raises:
-        ConfigError: missing file, bad YAML, or a missing key.
+        ConfigError: missing file, a file that is not UTF-8 or above
+            :data:`trainables.untrusted.MAX_YAML_BYTES`, bad YAML (aliases included), a missing
+            key, or a ``source_run_id`` that is not a run id.
     """
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"{path}: not valid YAML ({first})") from None
+    doc = load_yaml_file(path, "config file")
     if not isinstance(doc, dict) or not isinstance(doc.get("config"), dict) or not doc.get("source_run_id"):
         raise ConfigError(f"{path}: not an exported trial (needs a 'config' mapping and 'source_run_id'); "
                           f"make one with `run_search.py export`")
+    source = doc["source_run_id"]
+    if not isinstance(source, str) or not _RUN_ID.match(source):
+        raise ConfigError(f"{path}: 'source_run_id' must be an MLflow run id (letters, digits, '-', '_'), "
+                          f"got {short(source)}")
+    uri = doc.get("tracking_uri")
+    if uri is not None and not isinstance(uri, str):
+        raise ConfigError(f"{path}: 'tracking_uri' must be text, got {short(uri)}")
     return doc
 
 
@@ -140,6 +145,13 @@ def replay(
     uri_arg = tracking_uri or doc.get("tracking_uri")
     if not uri_arg:
         raise ConfigError(f"{path}: no tracking_uri in the file; pass --tracking-uri")
+    if tracking_uri is None and ":***@" in uri_arg:
+        raise ConfigError(f"{path}: the file's tracking_uri {uri_arg} has its password masked; pass --tracking-uri")
+    if workdir is not None:
+        check_output_folder(workdir, "--workdir")
+    for option, value in (("--data-dir", data_dir), ("--teacher", teacher), ("--cache-dir", cache_dir)):
+        if value is not None:
+            expand_path(value, option)
     client, uri = _open_store(uri_arg)
     try:
         source = client.get_run(source_id)

@@ -10,7 +10,10 @@ Experiments created through the server get the proxied ``mlflow-artifacts:/`` lo
     python run_search.py search --address auto --tracking-uri http://HEAD_IP:5000 ...
 
 The options are validated first (one-line error, exit 2); then this process becomes
-``python -m mlflow server`` (``exec``), so stopping it (Ctrl-C, SIGTERM) stops the server.
+``python -m mlflow server`` (``exec``), so stopping it (Ctrl-C, SIGTERM) stops the server. The
+backend store URI, which may hold a database password, goes to MLflow through the environment
+(``MLFLOW_BACKEND_STORE_URI``), never on the command line (which every user of the machine can
+read), and is printed with its password masked.
 """
 
 from __future__ import annotations
@@ -24,7 +27,10 @@ from pathlib import Path
 
 from search.cluster import folder_or_uri
 from trainables.errors import ConfigError
+from trainables.untrusted import check_location, mask_credentials, short
 
+#: The environment variable ``mlflow server`` reads its ``--backend-store-uri`` from.
+BACKEND_ENV = "MLFLOW_BACKEND_STORE_URI"
 SQL_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "oracle")
 
 
@@ -49,12 +55,17 @@ def resolve_backend_store(uri: str | None, cwd: Path) -> str:
     from search.mlflow_store import resolve_tracking_uri
 
     uri = uri or "sqlite:///mlflow.db"
-    scheme = urllib.parse.urlparse(uri).scheme.split("+", 1)[0]
+    if not uri.isprintable():
+        raise ConfigError("--backend-store-uri must be printable text, e.g. sqlite:///mlflow.db")
+    try:
+        scheme = urllib.parse.urlsplit(uri).scheme.split("+", 1)[0].lower()
+    except ValueError as e:
+        raise ConfigError(f"--backend-store-uri {mask_credentials(uri)!r} is malformed ({e})") from None
     if scheme == "sqlite":
         return resolve_tracking_uri(uri, cwd)[0]
     if scheme not in SQL_SCHEMES:
-        raise ConfigError(f"--backend-store-uri {uri!r} must be a SQLAlchemy database URI; allowed schemes: "
-                          f"{', '.join(SQL_SCHEMES)} (e.g. sqlite:///mlflow.db, postgresql://user@host/db)")
+        raise ConfigError(f"--backend-store-uri {mask_credentials(uri)!r} must be a SQLAlchemy database URI; allowed "
+                          f"schemes: {', '.join(SQL_SCHEMES)} (e.g. sqlite:///mlflow.db, postgresql://user@host/db)")
     return uri
 
 
@@ -85,24 +96,33 @@ def check_port_free(host: str, port: int) -> None:
                               f"or stop what uses it") from None
 
 
-def server_command(opts: ServerOptions, cwd: str | Path | None = None) -> list[str]:
-    """Validate ``opts`` and return the ``mlflow server`` command line.
+def server_command(opts: ServerOptions, cwd: str | Path | None = None) -> tuple[list[str], dict[str, str]]:
+    """Validate ``opts`` and return the ``mlflow server`` command line and the environment it needs.
+
+    Returns:
+        ``(argv, env)``: ``env`` holds ``MLFLOW_BACKEND_STORE_URI`` (the backend store, which may
+        carry a password, is never put in ``argv``).
 
     Raises:
         ConfigError: any invalid option (one line).
     """
     cwd = Path(cwd or Path.cwd())
-    if opts.workers < 1:
-        raise ConfigError(f"--workers must be at least 1, got {opts.workers}")
+    if not 1 <= opts.workers <= 256:
+        raise ConfigError(f"--workers must be from 1 to 256, got {opts.workers}")
+    for flag, value in (("--host", opts.host), ("--allowed-hosts", opts.allowed_hosts),
+                        ("--artifacts-destination", opts.artifacts_destination)):
+        if value is not None and (not value.strip() or not value.isprintable()):
+            raise ConfigError(f"{flag} must be non-empty printable text, got {short(value)}")
     backend = resolve_backend_store(opts.backend_store_uri, cwd)
+    if opts.artifacts_destination is not None:
+        check_location(opts.artifacts_destination, "--artifacts-destination")
     artifacts = resolve_artifacts_destination(opts.artifacts_destination, cwd)
     check_port_free(opts.host, opts.port)
     cmd = [sys.executable, "-m", "mlflow", "server", "--host", opts.host, "--port", str(opts.port),
-           "--workers", str(opts.workers), "--backend-store-uri", backend,
-           "--serve-artifacts", "--artifacts-destination", artifacts]
+           "--workers", str(opts.workers), "--serve-artifacts", "--artifacts-destination", artifacts]
     if opts.allowed_hosts:
         cmd += ["--allowed-hosts", opts.allowed_hosts]
-    return cmd
+    return cmd, {BACKEND_ENV: backend}
 
 
 def tracking_uri_for(host: str, port: int) -> str:
@@ -121,13 +141,14 @@ def serve(opts: ServerOptions) -> None:
     Raises:
         ConfigError: invalid options (nothing started).
     """
-    cmd = server_command(opts)
-    backend = cmd[cmd.index("--backend-store-uri") + 1]
+    cmd, env = server_command(opts)
     artifacts = cmd[cmd.index("--artifacts-destination") + 1]
     uri = tracking_uri_for(opts.host, opts.port)
-    print(f"MLflow tracking server on {opts.host}:{opts.port}: runs in {backend}, artifacts in {artifacts}\n"
+    print(f"MLflow tracking server on {opts.host}:{opts.port}: runs in {mask_credentials(env[BACKEND_ENV])}, "
+          f"artifacts in {mask_credentials(artifacts)}\n"
           f"use it with: python run_search.py search --tracking-uri {uri} ...", flush=True)
     sys.stderr.flush()
     # tracking only: MLflow's job runner (GenAI scoring) would add a pool of consumer processes
     os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    os.environ.update(env)  # the backend store (and its password) through the environment, not argv
     os.execv(cmd[0], cmd)

@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import shlex
 import subprocess
 import tempfile
 import time
@@ -28,10 +29,12 @@ import pandas as pd
 
 from search import optuna_store
 from search.cluster import check_launch, connect, experiment_path, joins_cluster, ray_address, resolve_storage_path
+from search.validate import check_search_options, check_space
 from spaces import DEFAULT_OBJECTIVES, ENERGY_OBJECTIVES, Space, load_space, parse_objectives
 from trainables.config import check_value, parse_stages
 from trainables.data.glue import check_task, local_split_path, validation_rows
 from trainables.errors import ConfigError
+from trainables.untrusted import mask_credentials, safe_name
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +131,7 @@ def plan_search(opts: SearchOptions) -> Plan:
     from search.mlflow_store import check_tracking_uri, resolve_tracking_uri
     from trainables import energy
 
+    check_search_options(opts)
     task = check_task(opts.task)
     if opts.sampler not in SAMPLERS:
         raise ConfigError(f"--sampler {opts.sampler!r} is not allowed; allowed: {', '.join(SAMPLERS)}")
@@ -161,6 +165,7 @@ def plan_search(opts: SearchOptions) -> Plan:
     objectives = (parse_objectives(opts.objectives, "--objectives") if opts.objectives
                   else space.objectives or dict(DEFAULT_OBJECTIVES))
     teacher = resolve_teacher(task, opts.teacher, opts.cache_dir)
+    check_space(space, teacher, opts.overrides)  # every cross-key rule of the trial config, before any trial runs
     tracking_uri, artifact_root = resolve_tracking_uri(opts.tracking_uri)
     storage_path = resolve_storage_path(opts.storage_path)
     check_tracking_uri(tracking_uri)
@@ -171,7 +176,8 @@ def plan_search(opts: SearchOptions) -> Plan:
                      f"(e.g. NFS; pass --storage-path) or a URI such as s3://bucket/dir, else trials on other "
                      f"machines fail")
     if joins_cluster(opts.address) and not tracking_uri.startswith(("http://", "https://")):
-        notes.append(f"trials on other machines write to {tracking_uri} and {artifact_root}: that works only when "
+        notes.append(f"trials on other machines write to {mask_credentials(tracking_uri)} and {artifact_root}: that "
+                     f"works only when "
                      f"every node sees these paths; else start `python run_search.py server` and pass "
                      f"--tracking-uri http://...")
     dropped = []
@@ -408,7 +414,7 @@ def run_search(opts: SearchOptions) -> pd.DataFrame:
     client = MlflowClient(plan.tracking_uri)
     experiment_id = mlflow_store.get_or_create_experiment(client, opts.experiment, plan.artifact_root)
     search_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    tune_name = f"{opts.experiment}-{search_id}"
+    tune_name = f"{safe_name(opts.experiment)}-{search_id}"  # a folder name: no '/' or '..' from the user
     tune_path = experiment_path(plan.storage_path, tune_name)
     optuna_url = plan.options.optuna_storage or optuna_store.default_storage_url(tune_path)
     parent_id = mlflow_store.start_parent_run(
@@ -441,11 +447,12 @@ def run_search(opts: SearchOptions) -> pd.DataFrame:
     except Exception:
         mlflow_store.close_search(client, experiment_id, parent_id, "FAILED", {})
         raise
-    print(f"MLflow: experiment {opts.experiment!r} (id {experiment_id}), parent run {parent_id} in {plan.tracking_uri}",
-          flush=True)
+    uri = mask_credentials(plan.tracking_uri)
+    print(f"MLflow: experiment {opts.experiment!r} (id {experiment_id}), parent run {parent_id} in {uri}", flush=True)
     print(f"Optuna: study {tune_name!r} in {optuna_url} (optuna-dashboard {optuna_url})", flush=True)
     print(f"Ray Tune: experiment state in {tune_path} (resume with: python run_search.py resume --experiment "
-          f"{opts.experiment} --tracking-uri {plan.tracking_uri})", flush=True)
+          f"{shlex.quote(opts.experiment)} --tracking-uri {shlex.quote(uri)} --storage-path "
+          f"{shlex.quote(str(Path(tune_path).parent))})", flush=True)
 
     board = decision_board(tune_name)
 
@@ -495,7 +502,8 @@ def print_notes(plan: Plan) -> None:
 def recorded_options(plan: Plan) -> dict[str, Any]:
     """The search's options as JSON-able values, with paths made absolute (a resume may run elsewhere)."""
     opts = asdict(plan.options)
-    opts.update(space=str(Path(plan.options.space).expanduser().absolute()), tracking_uri=plan.tracking_uri,
+    opts.update(space=str(Path(plan.options.space).expanduser().absolute()),
+                tracking_uri=mask_credentials(plan.tracking_uri),
                 storage_path=plan.storage_path, teacher=_local_or_name(plan.teacher))
     for key in ("data_dir", "cache_dir"):
         if opts[key]:
@@ -562,7 +570,8 @@ def execute_search(plan: Plan, data: Any, client: Any, experiment_id: str, paren
         optuna_store.fail_orphans(client.get_run(parent_id))
     if status == "KILLED":
         print(f"\nthe search was interrupted; finish it with: python run_search.py resume --experiment "
-              f"{opts.experiment} --tracking-uri {plan.tracking_uri}", flush=True)
+              f"{shlex.quote(opts.experiment)} --tracking-uri {shlex.quote(mask_credentials(plan.tracking_uri))}",
+              flush=True)
     if errors:
         retries = f"{opts.max_failures} retr{'y' if opts.max_failures == 1 else 'ies'}"
         print(f"\n{len(errors)} trial(s) failed after {retries} "

@@ -9,6 +9,7 @@ from spaces.space import (
     OBJECTIVE_METRICS,
     Dist,
     Space,
+    check_trial_configs,
     load_space,
     parse_objectives,
     parse_space,
@@ -17,4 +18,4 @@ from spaces.space import (
 SPACES_DIR = Path(__file__).parent
 
 __all__ = ["DEFAULT_OBJECTIVES", "DISTRIBUTIONS", "ENERGY_OBJECTIVES", "OBJECTIVE_METRICS", "Dist", "Space",
-           "SPACES_DIR", "load_space", "parse_objectives", "parse_space"]
+           "SPACES_DIR", "check_trial_configs", "load_space", "parse_objectives", "parse_space"]

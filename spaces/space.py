@@ -33,10 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from trainables.config import PARAMS, check_key, check_value, parse_stages
 from trainables.errors import ConfigError
+from trainables.untrusted import load_yaml_file, short
 
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "int", "logint")
 TOP_LEVEL_KEYS = ("description", "objectives", "params", "initial_points")
@@ -51,6 +50,10 @@ OBJECTIVE_METRICS = {
 #: search selects on it, while ``accuracy`` (dev) stays the reported figure no decision saw.
 DEFAULT_OBJECTIVES = {"val_accuracy": "max", "size_bytes": "min", "energy_j": "min"}
 ENERGY_OBJECTIVES = ("energy_j", "energy_inference_j_per_1k", "co2e_kg")
+
+
+#: Integer ranges with fewer values than this are checked at every value by :meth:`Space.grid`.
+GRID_INT_SPAN = 64
 
 
 @dataclass
@@ -93,6 +96,20 @@ class Space:
         """Ray Tune ``param_space``: searched keys as Tune domains, fixed keys as constants."""
         return {**self.fixed, **{k: d.to_tune() for k, d in self.params.items()}}
 
+    def grid(self) -> dict[str, list[Any]]:
+        """Key -> the values the cross-key checks try (:func:`check_trial_configs`): a fixed value;
+        every value of a ``choice``; every integer of an ``int``/``logint`` range of at most
+        :data:`GRID_INT_SPAN` values, else its two ends; the two ends of a float range."""
+        out: dict[str, list[Any]] = {k: [v] for k, v in self.fixed.items()}
+        for key, dist in self.params.items():
+            if dist.kind == "choice":
+                out[key] = list(dist.args)
+            elif dist.kind in ("int", "logint") and dist.args[1] - dist.args[0] < GRID_INT_SPAN:
+                out[key] = list(range(dist.args[0], dist.args[1] + 1))
+            else:
+                out[key] = list(dist.args)
+        return out
+
     def with_fixed(self, values: Mapping[str, Any], where: str = "--set") -> "Space":
         """A copy where ``values`` (e.g. ``task``, ``seed`` from the CLI) are fixed, replacing searched keys."""
         params = {k: v for k, v in self.params.items() if k not in values}
@@ -103,7 +120,7 @@ class Space:
 
 def _number(value: Any, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"{where}: bounds must be finite numbers, got {value!r}")
+        raise ConfigError(f"{where}: bounds must be finite numbers, got {short(value)}")
     return value
 
 
@@ -114,7 +131,7 @@ def _parse_dist(key: str, spec: Mapping[str, Any], where: str) -> Dist:
     if kind not in DISTRIBUTIONS:
         raise ConfigError(f"{where}: unknown distribution {kind!r}; allowed: {', '.join(DISTRIBUTIONS)}")
     if not isinstance(args, list):
-        raise ConfigError(f"{where}: '{kind}' needs a list, got {args!r}")
+        raise ConfigError(f"{where}: '{kind}' needs a list, got {short(args)}")
     if kind == "choice":
         if not args:
             raise ConfigError(f"{where}: 'choice' is empty; give at least one value")
@@ -123,17 +140,17 @@ def _parse_dist(key: str, spec: Mapping[str, Any], where: str) -> Dist:
             for v in values:
                 parse_stages(v, where)
         if len(set(map(repr, values))) != len(values):
-            raise ConfigError(f"{where}: 'choice' repeats a value: {args!r}")
+            raise ConfigError(f"{where}: 'choice' repeats a value: {short(args)}")
         return Dist("choice", values)
     if len(args) != 2:
-        raise ConfigError(f"{where}: '{kind}' needs [low, high], got {args!r}")
+        raise ConfigError(f"{where}: '{kind}' needs [low, high], got {short(args)}")
     low, high = (_number(a, where) for a in args)
     ptype = PARAMS[key].kind
     if ptype not in ("int", "float"):
         raise ConfigError(f"{where}: '{key}' is a {ptype}; use 'choice'")
     if kind in ("int", "logint"):
         if ptype != "int" or int(low) != low or int(high) != high:
-            raise ConfigError(f"{where}: '{kind}' needs integer bounds on an integer key, got {args!r}")
+            raise ConfigError(f"{where}: '{kind}' needs integer bounds on an integer key, got {short(args)}")
         low, high = int(low), int(high)
     elif ptype == "int":
         raise ConfigError(f"{where}: '{key}' is an integer; use 'int', 'logint' or 'choice'")
@@ -150,13 +167,17 @@ def parse_objectives(spec: Any, where: str) -> dict[str, str]:
     """Validate ``{metric: max|min}`` (or ``"accuracy:max,size_bytes:min"``).
 
     Raises:
-        ConfigError: unknown metric, bad direction, or empty.
+        ConfigError: unknown metric, bad direction, a metric given twice, or empty.
     """
     if isinstance(spec, str):
         pairs = [p.split(":", 1) if ":" in p else [p, ""] for p in spec.split(",") if p.strip()]
+        names = [k.strip() for k, _ in pairs]
+        repeated = sorted({k for k in names if names.count(k) > 1})
+        if repeated:
+            raise ConfigError(f"{where}: objective {repeated[0]!r} is given more than once")
         spec = {k.strip(): (v.strip() or OBJECTIVE_METRICS.get(k.strip(), "")) for k, v in pairs}
     if not isinstance(spec, Mapping) or not spec:
-        raise ConfigError(f"{where}: objectives must map metric names to max or min, got {spec!r}")
+        raise ConfigError(f"{where}: objectives must map metric names to max or min, got {short(spec)}")
     out = {}
     for metric, mode in spec.items():
         if metric not in OBJECTIVE_METRICS:
@@ -181,7 +202,10 @@ def parse_space(obj: Any, source: str) -> Space:
     params = obj.get("params")
     if not isinstance(params, Mapping) or not params:
         raise ConfigError(f"{source}: 'params' must be a non-empty mapping of config keys")
-    space = Space(description=str(obj.get("description", "")), source=source)
+    description = obj.get("description")
+    if description is not None and not isinstance(description, str):
+        raise ConfigError(f"{source}: 'description' must be text, got a {type(description).__name__}")
+    space = Space(description=description or "", source=source)
     for key, spec in params.items():
         where = f"{source}: params.{key}"
         check_key(str(key), f"{source}: params")
@@ -202,6 +226,31 @@ def parse_space(obj: Any, source: str) -> Space:
     return space
 
 
+def check_trial_configs(space: Space) -> int:
+    """Check, before any trial runs, that every trial of ``space`` passes the trial config's rules.
+
+    The same code a trial calls first (:func:`trainables.config.resolve_config`) resolves every
+    combination of the space's fixed values, choices and range ends that the cross-key rules
+    can tell apart (:func:`trainables.config.check_config_grid` over :meth:`Space.grid`), and
+    each initial point with the fixed values.
+
+    Returns:
+        How many configs were resolved.
+
+    Raises:
+        ConfigError: one line naming the file, the combination and the rule, e.g.
+            ``space.yaml: a trial with student=ffn, hidden_dim=0: 'hidden_dim' = 0 is below its
+            minimum 1 for student=ffn``.
+    """
+    from trainables.config import check_config_grid, resolve_config
+
+    where = space.source or "search space"
+    resolved = check_config_grid(space.grid(), where, shown=list(space.params) + list(space.fixed))
+    for i, point in enumerate(space.initial_points):
+        resolve_config({**space.fixed, **point}, f"{where}: initial_points[{i}]")
+    return resolved + len(space.initial_points)
+
+
 def _parse_point(point: Any, space: Space, where: str) -> dict[str, Any]:
     if not isinstance(point, Mapping):
         raise ConfigError(f"{where}: must be a mapping of searched keys to values")
@@ -217,7 +266,7 @@ def _parse_point(point: Any, space: Space, where: str) -> dict[str, Any]:
         dist = space.params[key]
         inside = value in dist.args if dist.kind == "choice" else dist.args[0] <= value <= dist.args[1]
         if not inside:
-            raise ConfigError(f"{where}.{key}: {value!r} is outside its distribution {dist.kind} {dist.args}")
+            raise ConfigError(f"{where}.{key}: {short(value)} is outside its distribution {dist.kind} {dist.args}")
         out[key] = value
     return out
 
@@ -226,15 +275,9 @@ def load_space(path: str | Path) -> Space:
     """Read and validate a YAML space file.
 
     Raises:
-        ConfigError: missing or unreadable file, invalid YAML, or an invalid space.
+        ConfigError: missing or unreadable file, a file above
+            :data:`trainables.untrusted.MAX_YAML_BYTES`, invalid YAML (aliases and repeated keys
+            included, see :func:`trainables.untrusted.load_yaml_text`), or an invalid space.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"search space file {str(path)!r} does not exist")
-    try:
-        obj = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}: invalid YAML{at}: {getattr(e, 'problem', None) or e}".splitlines()[0]) from None
-    return parse_space(obj, str(path))
+    return parse_space(load_yaml_file(path, "search space file"), str(path))

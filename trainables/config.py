@@ -13,12 +13,14 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from trainables.errors import ConfigError
+from trainables.untrusted import short
 
 TASKS = ("sst2", "qqp", "mnli")
 STUDENTS = ("bilstm", "rnn", "ffn", "transformer")
@@ -144,6 +146,9 @@ BITS_ALLOWED = (2, 3, 4, 5, 6, 7, 8, 16, 32)
 ARCHITECTURE_KEYS = ("student", "embedding", "embedding_dim", "vocab_size", "hash_functions", "hash_token_space",
                      "hidden_dim", "classifier_dim", "pooling", "max_length", "transformer_layers")
 
+#: Longest text value of a string key (characters).
+MAX_TEXT = 1000
+
 _DEFAULT_HIDDEN = {"bilstm": 150, "rnn": 100, "ffn": 100, "transformer": 0}  # transformer: the teacher's (unused)
 _DEFAULT_CLASSIFIER = {"bilstm": 200, "rnn": 100, "ffn": 0, "transformer": 0}
 
@@ -154,20 +159,23 @@ def _check_value(key: str, value: Any, where: str) -> Any:
         raise ConfigError(f"{where}: '{key}' = {value} is out of range")  # before math.isfinite overflows
     if spec.kind == "int":
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or float(value) != int(value):
-            raise ConfigError(f"{where}: '{key}' must be an integer, got {value!r}")
+            raise ConfigError(f"{where}: '{key}' must be an integer, got {short(value)}")
         value = int(value)
     elif spec.kind == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ConfigError(f"{where}: '{key}' must be a finite number, got {value!r}")
+            raise ConfigError(f"{where}: '{key}' must be a finite number, got {short(value)}")
         value = float(value)
     elif spec.kind == "bool":
         if not isinstance(value, bool):
-            raise ConfigError(f"{where}: '{key}' must be true or false, got {value!r}")
+            raise ConfigError(f"{where}: '{key}' must be true or false, got {short(value)}")
     else:
         if not isinstance(value, str):
-            raise ConfigError(f"{where}: '{key}' must be a string, got {value!r}")
+            raise ConfigError(f"{where}: '{key}' must be a string, got {short(value)}")
+        if len(value) > MAX_TEXT or not value.isprintable():
+            raise ConfigError(f"{where}: '{key}' must be printable text of at most {MAX_TEXT} characters, "
+                              f"got {short(value)}")
         if spec.choices is not None and value not in spec.choices:
-            raise ConfigError(f"{where}: '{key}' = {value!r} is not allowed; allowed: {', '.join(spec.choices)}")
+            raise ConfigError(f"{where}: '{key}' = {short(value)} is not allowed; allowed: {', '.join(spec.choices)}")
     if spec.kind in ("int", "float"):
         if spec.low is not None and value < spec.low:
             raise ConfigError(f"{where}: '{key}' = {value!r} is below its minimum {spec.low:g}")
@@ -301,3 +309,63 @@ def _resolve_compression(cfg: dict[str, Any], where: str) -> None:
         if cfg["rewind_epoch"] > last:
             raise ConfigError(f"{where}: rewind_epoch={cfg['rewind_epoch']} is after the last distillation epoch "
                               f"({last}); use 0..{last}")
+
+
+#: The keys each cross-key rule of :func:`resolve_config` reads (a rule reads no key outside its
+#: group). Every other key is checked alone. :func:`check_config_grid` relies on it; the test
+#: ``tests/trainables/test_config.py::test_rule_groups_find_every_refused_grid_config`` checks it
+#: against a brute-force search over random grids.
+RULE_GROUPS: tuple[tuple[str, ...], ...] = (
+    ("student", "hidden_dim"),
+    ("prune_targets", "student", "embedding", "sparsity_embedding", "sparsity_encoder", "sparsity_classifier"),
+    ("stages", "prune_schedule", "finetune_epochs", "rewind_epoch", "epochs"),
+)
+#: Most configs :func:`check_config_grid` resolves for one group (a larger product is refused).
+MAX_GRID_CONFIGS = 100_000
+
+
+def check_config_grid(candidates: Mapping[str, Sequence[Any]], where: str = "config",
+                      shown: Sequence[str] | None = None) -> int:
+    """Resolve every config a grid of candidate values can form, as far as the rules can tell apart.
+
+    Each value is checked alone (:func:`check_value`); then, for each group of
+    :data:`RULE_GROUPS` (and each other key on its own), every combination of its keys'
+    candidates is resolved with :func:`resolve_config` (the function every trial calls first),
+    the other keys held at their first candidate. A config that resolves here resolves in a
+    trial, and every combination a trial would refuse is found, since a rule reads only its
+    group's keys.
+
+    Args:
+        candidates: key -> the values it can take (a key that is absent takes its default).
+        where: the source named in errors (a space file).
+        shown: keys named in errors when they take part (default: every key of ``candidates``).
+
+    Returns:
+        How many configs were resolved.
+
+    Raises:
+        ConfigError: a value, or a combination, that a trial would refuse; the message names the
+            combination (``student=ffn, hidden_dim=0``) and the rule's own message.
+    """
+    grid = {k: [check_value(k, v, where) for v in values] for k, values in candidates.items()}
+    for key, values in grid.items():
+        if not values:
+            raise ConfigError(f"{where}: '{key}' has no value")
+    shown = set(grid if shown is None else shown)
+    base = {k: v[0] for k, v in grid.items()}
+    grouped = {k for group in RULE_GROUPS for k in group}
+    groups = [tuple(k for k in g if k in grid) for g in RULE_GROUPS] + [(k,) for k in grid if k not in grouped]
+    groups = [g for g in groups if g] or [tuple(grid)]
+    resolve_config(base, where)  # the fixed values with each searched key's first value: its own message names them
+    resolved = 1
+    for group in groups:
+        sizes = [len(grid[k]) for k in group]
+        if math.prod(sizes) > MAX_GRID_CONFIGS:
+            raise ConfigError(f"{where}: {' x '.join(map(str, sizes))} combinations of {', '.join(group)} are more "
+                              f"than {MAX_GRID_CONFIGS:,} to check; use fewer choices")
+        for combo in itertools.product(*(grid[k] for k in group)):
+            point = {**base, **dict(zip(group, combo))}
+            named = ", ".join(f"{k}={point[k]}" for k in group if k in shown)
+            resolve_config(point, f"{where}: a trial with {named}" if named else where)
+            resolved += 1
+    return resolved

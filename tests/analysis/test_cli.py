@@ -63,4 +63,4 @@ def test_replay_rejects_a_file_that_is_not_an_export(main, tmp_path, capsys):
     assert "not an exported trial" in capsys.readouterr().err
     bad.write_text("config: {student: ffn\n")
     assert main(["replay", str(bad)]) == 2
-    assert "not valid YAML" in capsys.readouterr().err
+    assert "invalid YAML" in capsys.readouterr().err

@@ -260,7 +260,8 @@ def test_killed_driver_is_resumed_without_duplicates(cluster, tmp_path, glue_dir
     assert _runs(client, "resume")[1][0].info.status == "RUNNING"  # the driver never closed its search
 
     proc = subprocess.run([sys.executable, str(ROOT / "run_search.py"), "resume", "--experiment", "resume",
-                           "--tracking-uri", cluster.tracking_uri], cwd=tmp_path, env=cluster.env,
+                           "--tracking-uri", cluster.tracking_uri, "--storage-path", str(tmp_path / "ray_results")],
+                          cwd=tmp_path, env=cluster.env,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert "resuming search" in proc.stdout

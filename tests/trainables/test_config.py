@@ -58,3 +58,70 @@ def test_parse_param_reads_mlflow_param_strings_as_declared_types():
             parse_param(key, raw)
     with pytest.raises(ConfigError, match="unknown key 'colour'"):
         parse_param("colour", "red")
+
+
+# values that the cross-key rules read, valid ones and ones a rule refuses in some combination
+_GRID_POOL = {
+    "student": ["bilstm", "rnn", "ffn", "transformer"],
+    "embedding": ["hash", "char", "bpe", "glove"],
+    "hidden_dim": [0, 1, 50],
+    "prune_targets": ["uniform", "thesis"],
+    "sparsity_embedding": [0.0, 0.5],
+    "sparsity_encoder": [0.3],
+    "sparsity_classifier": [0.1],
+    "stages": ["distill", "prune", "distill,prune", "distill,quantize", "distill,prune,quantize"],
+    "prune_schedule": ["oneshot", "gradual", "imp"],
+    "finetune_epochs": [0, 1, 2],
+    "rewind_epoch": [0, 1, 3],
+    "epochs": [1, 2, 4],
+    "bits_embedding": [2, 9, 16],
+    "bits_encoder": [4, 8, 17, 32],
+    "bits_classifier": [3, 31],
+    "quant_method": ["affine", "fp16"],
+    "lr": [1e-3, 1e-2],
+    "classifier_dim": [0, 10],
+}
+
+
+def test_rule_groups_find_every_refused_grid_config():
+    """RULE_GROUPS is complete: on random grids, check_config_grid refuses exactly the grids in
+    which some config, tried one by one, is refused by resolve_config."""
+    import itertools
+    import random
+
+    from trainables.config import check_config_grid
+
+    rng = random.Random(0)
+    refused = accepted = 0
+    for _ in range(400):
+        keys = rng.sample(sorted(_GRID_POOL), rng.randint(1, 8))
+        grid = {k: rng.sample(_GRID_POOL[k], rng.randint(1, min(2, len(_GRID_POOL[k])))) for k in keys}
+        brute = False
+        for combo in itertools.product(*grid.values()):
+            try:
+                resolve_config(dict(zip(grid, combo)))
+            except ConfigError:
+                brute = True
+                break
+        try:
+            check_config_grid(grid, "grid")
+            found = False
+        except ConfigError as e:
+            found = True
+            assert str(e).startswith("grid") and "\n" not in str(e)
+        assert found == brute, grid
+        refused, accepted = refused + found, accepted + (not found)
+    assert refused > 50 and accepted > 50  # both outcomes are exercised
+
+
+def test_check_config_grid_names_the_combination_and_caps_its_size():
+    from trainables.config import MAX_GRID_CONFIGS, check_config_grid
+
+    with pytest.raises(ConfigError, match=r"^s\.yaml: a trial with student=bilstm, hidden_dim=0: 'hidden_dim' = 0"):
+        check_config_grid({"student": ["bilstm", "ffn"], "hidden_dim": [50, 0]}, "s.yaml")
+    assert check_config_grid({"student": ["bilstm", "ffn"], "hidden_dim": [50, 60]}, "s.yaml") >= 4  # every pair
+    big = {"stages": ["distill,prune"], "epochs": list(range(1, 400)), "rewind_epoch": list(range(0, 300)),
+           "finetune_epochs": [1, 2]}
+    assert 399 * 300 * 2 > MAX_GRID_CONFIGS
+    with pytest.raises(ConfigError, match="combinations of stages, prune_schedule"):
+        check_config_grid({**big, "prune_schedule": ["imp"]}, "s.yaml")

@@ -22,11 +22,13 @@ import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from trainables.config import TASKS
 from trainables.errors import ConfigError
+from trainables.untrusted import expand_path, short
 
 log = logging.getLogger(__name__)
 
@@ -160,50 +162,131 @@ def check_task(task: str) -> str:
     return norm
 
 
-def _label(task: str, raw: str) -> int:
-    raw = str(raw).strip()
+def _label(task: str, raw: object) -> int:
+    """The label id of ``raw`` (an MNLI label name, else an integer in ``[0, num_labels)``).
+
+    Raises:
+        ValueError: anything else (the caller names the file and line).
+    """
+    text = str(raw).strip()
     if task == "mnli":
-        if raw not in MNLI_LABELS:
-            raise ValueError(f"unknown MNLI label {raw!r}")
-        return MNLI_LABELS[raw]
-    return int(raw)
+        if text not in MNLI_LABELS:
+            raise ValueError(f"unknown MNLI label {text[:40]!r}; allowed: {', '.join(MNLI_LABELS)}")
+        return MNLI_LABELS[text]
+    if not (text.isascii() and text.isdigit()) or int(text) >= NUM_LABELS[task]:
+        raise ValueError(f"label {text[:40]!r} is not one of 0..{NUM_LABELS[task] - 1}")
+    return int(text)
 
 
 def _read_tsv(path: Path, task: str) -> tuple[list[str], list[str] | None, list[int]]:
+    """Rows of a GLUE TSV file (quoting off; rows shorter than the header are skipped).
+
+    Raises:
+        ConfigError: not UTF-8, no header, a missing column, a row whose label is not the
+            task's (the message names the file and line), or no rows.
+    """
     col_a, col_b, col_label = _TSV_COLUMNS[task]
     a, b, y = [], [] if col_b else None, []
     csv.field_size_limit(sys.maxsize)
-    with path.open(encoding="utf-8", newline="") as f:
-        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = next(reader)
-        missing = [c for c in (col_a, col_b, col_label) if c and c not in header]
-        if missing:
-            raise ConfigError(f"{path}: missing GLUE column(s) {', '.join(missing)}; header is {header}")
-        ia, il = header.index(col_a), header.index(col_label)
-        ib = header.index(col_b) if col_b else None
-        for row in reader:
-            if len(row) < len(header):  # malformed rows exist in the official QQP train file
-                continue
-            a.append(row[ia].strip())
-            if b is not None:
-                b.append(row[ib].strip())
-            y.append(_label(task, row[il]))
+    line = 0
+
+    def decoded(lines: Any) -> Any:  # line by line, so that a byte that is not UTF-8 is reported at its line
+        for number, raw in enumerate(lines, 1):
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ConfigError(f"{path}: line {number}: not UTF-8 text (byte {e.start + 1} of the line)") from None
+
+    try:
+        with path.open("rb") as f:
+            reader = csv.reader(decoded(f), delimiter="\t", quoting=csv.QUOTE_NONE)
+            header = next(reader, None)
+            if header is None:
+                raise ConfigError(f"{path}: the file is empty; expected a GLUE header with "
+                                  f"{', '.join(c for c in (col_a, col_b, col_label) if c)}")
+            missing = [c for c in (col_a, col_b, col_label) if c and c not in header]
+            if missing:
+                raise ConfigError(f"{path}: missing GLUE column(s) {', '.join(missing)}; header is "
+                                  f"{short(header[:20])}")
+            ia, il = header.index(col_a), header.index(col_label)
+            ib = header.index(col_b) if col_b else None
+            for row in reader:
+                line = reader.line_num
+                if len(row) < len(header):  # malformed rows exist in the official QQP train file
+                    continue
+                try:
+                    y.append(_label(task, row[il]))
+                except ValueError as e:
+                    raise ConfigError(f"{path}: line {line}: {e}") from None
+                a.append(row[ia].strip())
+                if b is not None:
+                    b.append(row[ib].strip())
+    except csv.Error as e:
+        raise ConfigError(f"{path}: line {line + 1}: {e}") from None
+    if not a:
+        raise ConfigError(f"{path}: no data rows below the header")
     return a, b, y
+
+
+def _field(row: object, key: str, where: str) -> str:
+    if not isinstance(row, dict) or not isinstance(row.get(key), str):
+        raise ConfigError(f"{where}: expected an object with the text field {key!r}")
+    return row[key].strip()
 
 
 def _read_json(path: Path, task: str, lines: bool) -> tuple[list[str], list[str] | None, list[int]]:
-    if lines:  # {"premise", "hypothesis", "label"} per line
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        a = [r["premise"].strip() for r in rows]
-        b = [r["hypothesis"].strip() for r in rows]
-        y = [_label(task, r["label"]) for r in rows]
-        return a, b, y
-    obj = json.loads(path.read_text(encoding="utf-8"))  # {"0": {"text_a", "text_b", "label"}, ...}
-    rows = [obj[k] for k in sorted(obj, key=int)]
-    a = [r["text_a"].strip() for r in rows]
-    b = [r["text_b"].strip() for r in rows] if task != "sst2" else None
-    y = [_label(task, r["label"]) for r in rows]
+    """Rows of a staged JSON (``{"0": {"text_a", "text_b", "label"}, ...}``) or JSONL
+    (``{"premise", "hypothesis", "label"}`` per line) file.
+
+    Raises:
+        ConfigError: not UTF-8 or not JSON, a row without its fields or with a label that is not
+            the task's (the message names the file and line or key), or no rows.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    a: list[str] = []
+    b: list[str] | None = []
+    y: list[int] = []
+    if lines:
+        for number, raw in enumerate(text.splitlines(), 1):
+            if not raw.strip():
+                continue
+            where = f"{path}: line {number}"
+            try:
+                row = json.loads(raw)
+            except (ValueError, RecursionError) as e:
+                raise ConfigError(f"{where}: not JSON ({type(e).__name__})") from None
+            a.append(_field(row, "premise", where))
+            b.append(_field(row, "hypothesis", where))
+            y.append(_label_at(task, row.get("label"), where))
+    else:
+        try:
+            obj = json.loads(text)
+        except (ValueError, RecursionError) as e:
+            raise ConfigError(f"{path}: not JSON ({type(e).__name__}: {str(e)[:80]})") from None
+        if not isinstance(obj, dict) or not all(isinstance(k, str) and k.isascii() and k.isdigit() for k in obj):
+            raise ConfigError(f"{path}: expected an object mapping row numbers to rows")
+        b = [] if task != "sst2" else None
+        for key in sorted(obj, key=int):
+            where, row = f"{path}: row {key}", obj[key]
+            a.append(_field(row, "text_a", where))
+            if b is not None:
+                b.append(_field(row, "text_b", where))
+            y.append(_label_at(task, row.get("label"), where))
+    if not a:
+        raise ConfigError(f"{path}: no data rows")
     return a, b, y
+
+
+def _label_at(task: str, raw: object, where: str) -> int:
+    if raw is None or isinstance(raw, (bool, list, dict, float)):
+        raise ConfigError(f"{where}: label {short(raw)} is not one of the task's labels")
+    try:
+        return _label(task, raw)
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}") from None
 
 
 def local_split_path(task: str, split: str, data_dir: str | Path) -> tuple[Path, str, bool]:
@@ -213,7 +296,7 @@ def local_split_path(task: str, split: str, data_dir: str | Path) -> tuple[Path,
         ConfigError: unknown split, missing folder, or no candidate file exists.
     """
     task = check_task(task)
-    root = Path(data_dir).expanduser()
+    root = expand_path(data_dir, "--data-dir")
     if not root.is_dir():
         raise ConfigError(f"data folder {str(root)!r} does not exist; pass --data-dir with a GLUE folder "
                           f"(e.g. ../shared/data/glue) or leave it unset to use the Hugging Face hub")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -73,10 +74,12 @@ def check_teacher(teacher: str) -> None:
     """Fail fast (before Ray starts) on a teacher folder without a model.
 
     Raises:
-        ConfigError: a local path that exists but holds no ``config.json``, or looks like a
-            path (``/``, ``.``) and does not exist.
+        ConfigError: a local path that exists but holds no ``config.json``, looks like a
+            path (``/``, ``.``) and does not exist, or cannot be expanded (``~nosuchuser``).
     """
-    path = Path(teacher).expanduser()
+    from trainables.untrusted import expand_path
+
+    path = expand_path(teacher, "--teacher")
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ConfigError(f"teacher folder {teacher!r} has no config.json; pass a Hugging Face model folder")
@@ -196,6 +199,44 @@ def teacher_size_bytes(teacher: str) -> int | None:
     return 4 * sum(p.numel() for p in model.parameters())
 
 
+def check_finetune_options(epochs: float = 2.0, lr: float = 5e-5, batch_size: int = 32, max_length: int | None = None,
+                           max_train_examples: int = 0, seed: int = 42, out: str | Path | None = None,
+                           base: str | None = None) -> None:
+    """Check the options of :func:`finetune_teacher` before any data or model is loaded.
+
+    ``epochs`` in (0, 1000], ``lr`` in (0, 10] (finite), ``batch_size`` 1..65,536, ``max_length``
+    ``None`` or 1..4,096 tokens, ``max_train_examples`` >= 0, ``seed`` 0..2^32-1, ``out`` a folder
+    that can be created, ``base`` a folder holding ``config.json`` when it looks like a path.
+
+    Raises:
+        ConfigError: the first option that is not allowed (one line naming it).
+    """
+    from trainables.untrusted import check_output_folder, expand_path, short
+
+    def number(flag: str, value: object, low: float, high: float, integer: bool) -> None:
+        ok = isinstance(value, int if integer else (int, float)) and not isinstance(value, bool)
+        if not ok or not math.isfinite(value) or not low <= value <= high or (not integer and value == low):
+            kind = "an integer" if integer else "a finite number"
+            bounds = f"from {low:,} to {high:,}" if integer else f"above {low:g} and at most {high:g}"
+            raise ConfigError(f"{flag} must be {kind} {bounds}, got {short(value)}")
+
+    number("--epochs", epochs, 0, 1000, False)
+    number("--lr", lr, 0, 10, False)
+    number("--batch-size", batch_size, 1, 65536, True)
+    if max_length is not None:
+        number("--max-length", max_length, 1, 4096, True)
+    number("--max-train-examples", max_train_examples, 0, 10**9, True)
+    number("--seed", seed, 0, 2**32 - 1, True)
+    if out is not None:
+        check_output_folder(out, "--out")
+    if base is not None:
+        path = expand_path(base, "--base")
+        if path.is_dir() and not (path / "config.json").is_file():
+            raise ConfigError(f"--base {base!r} has no config.json; pass a Hugging Face model folder or hub name")
+        if not path.exists() and base.startswith((".", "/", "~")):
+            raise ConfigError(f"--base {base!r} does not exist; pass a Hugging Face model folder or hub name")
+
+
 def finetune_teacher(train: Split, dev: Split, out: str | Path, base: str | None = None, epochs: float = 2.0,
                      lr: float = 5e-5, batch_size: int = 32, max_length: int | None = None,
                      max_train_examples: int = 0, seed: int = 42, progress: bool = True) -> dict[str, Any]:
@@ -215,8 +256,16 @@ def finetune_teacher(train: Split, dev: Split, out: str | Path, base: str | None
 
     Returns:
         The metadata written to ``teacher_meta.json`` (dev accuracy as a fraction, seconds, hashes).
+
+    Raises:
+        ConfigError: an option :func:`check_finetune_options` refuses, empty splits, or a base
+            encoder that cannot be loaded.
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
+
+    check_finetune_options(epochs, lr, batch_size, max_length, max_train_examples, seed, out, base)
+    if not len(train) or not len(dev):
+        raise ConfigError(f"cannot fine-tune a teacher on {len(train)} training and {len(dev)} dev rows")
 
     base = base or minilm_path()
     out = Path(out).expanduser()

@@ -22,8 +22,11 @@ from typing import Any
 
 import torch
 
+from trainables.config import resolve_config
 from trainables.errors import ConfigError
-from trainables.models.embeddings import TextEncoder, encoder_to_str
+from trainables.formats.layout import parse_json, read_layout
+from trainables.models.embeddings import TextEncoder, encoder_from_json, encoder_to_str
+from trainables.untrusted import short
 
 Loader = Callable[[Path, Mapping[str, str]], "tuple[torch.nn.Module, TextEncoder, dict[str, Any]]"]
 Saver = Callable[..., "dict[str, int]"]
@@ -89,11 +92,37 @@ def write_safetensors(path: str | Path, tensors: Mapping[str, torch.Tensor], met
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
-    """The string metadata of a saved student (no tensors are read)."""
-    from safetensors import safe_open
+    """The string metadata of a saved student (no tensors are read; the header is checked first,
+    see :func:`trainables.formats.layout.read_layout`).
 
-    with safe_open(str(path), framework="pt") as f:
-        return dict(f.metadata() or {})
+    Raises:
+        ConfigError: missing file, or not a valid safetensors file.
+    """
+    return read_layout(path).metadata
+
+
+def student_parts(path: Path, metadata: Mapping[str, str]
+                  ) -> tuple[dict[str, Any], dict[str, Any], TextEncoder, int, bool]:
+    """What every student file's metadata holds, checked: ``(config as saved, config resolved by
+    :func:`trainables.config.resolve_config`, encoder, num_labels, pair)``.
+
+    Raises:
+        ConfigError: a config the trial config's rules refuse, an encoder that cannot be rebuilt,
+            ``num_labels`` not 2 or 3, or ``pair`` not ``0``/``1``.
+    """
+    config = parse_json(path, metadata, "config")
+    resolved = resolve_config(config, f"{path}: config")
+    if metadata.get("num_labels") not in ("2", "3") or metadata.get("pair") not in ("0", "1"):
+        raise ConfigError(f"{path}: not a valid student file (num_labels {short(metadata.get('num_labels'))} and "
+                          f"pair {short(metadata.get('pair'))} must be 2 or 3, and 0 or 1)")
+    obj = parse_json(path, metadata, "encoder")
+    try:
+        encoder = encoder_from_json(obj)
+    except Exception as e:  # a foreign file: whatever an encoder's loader raises on it
+        first = (str(e).strip().splitlines() or [""])[0][:160]
+        raise ConfigError(f"{path}: not a valid student file (its encoder cannot be rebuilt: "
+                          f"{type(e).__name__}: {first})") from None
+    return config, resolved, encoder, int(metadata["num_labels"]), metadata["pair"] == "1"
 
 
 def save_student(model: torch.nn.Module, config: Mapping[str, Any], encoder: TextEncoder, num_labels: int,
@@ -118,14 +147,33 @@ def load_student(path: str | Path) -> tuple[torch.nn.Module, TextEncoder, dict[s
     Returns:
         ``(model, encoder, config)``.
 
+    Every declared shape, offset, count and bit width is checked against the file's size and the
+    student its config describes before any tensor is allocated
+    (:mod:`trainables.formats.layout`); a file that does not match its declared layout is refused.
+
     Raises:
-        ConfigError: missing file or not a featherweight student.
+        ConfigError: missing file, not a featherweight student, or a file that does not hold
+            exactly the student it describes (one line naming the file and what is wrong).
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"student file {str(path)!r} does not exist")
     meta = read_metadata(path)
     loader = LOADERS.get(meta.get("featherweight_format", ""))
     if loader is None:
-        raise ConfigError(f"{path}: not a featherweight student file (format {meta.get('featherweight_format')!r})")
-    return loader(path, meta)
+        raise ConfigError(f"{path}: not a featherweight student file (format "
+                          f"{short(meta.get('featherweight_format'))})")
+    return guarded(path, loader, path, meta)
+
+
+def guarded(path: Path, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)``, with a failure that the checks before it did not foresee (a corrupt tensor
+    buffer, an encoder the tokenizer library refuses) turned into one ConfigError naming ``path``."""
+    from safetensors import SafetensorError
+
+    try:
+        return fn(*args)
+    except ConfigError:
+        raise
+    except (SafetensorError, RuntimeError, ValueError, KeyError, TypeError, IndexError, OverflowError,
+            AttributeError) as e:
+        first = (str(e).strip().splitlines() or [""])[0][:160]
+        raise ConfigError(f"{path}: not a valid student file ({type(e).__name__}: {first})") from None

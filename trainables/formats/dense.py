@@ -7,15 +7,15 @@ size, so the vocabulary a student needs to run is counted; ``weights_bytes`` cou
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from safetensors.torch import load_file
 
-from trainables.formats.base import register_loader, register_saver, student_metadata, write_safetensors
-from trainables.models.embeddings import TextEncoder, encoder_from_json
+from trainables.formats.base import register_loader, register_saver, student_metadata, student_parts, write_safetensors
+from trainables.formats.layout import check_state_shapes, meta_model, read_layout
+from trainables.models.embeddings import TextEncoder
 from trainables.models.students import Student, build_student
 
 FORMAT = "featherweight-dense-v1"
@@ -36,12 +36,26 @@ def save_dense(model: Student, config: Mapping[str, Any], encoder: TextEncoder, 
 def load_dense(path: Path, meta: Mapping[str, str]) -> tuple[Student, TextEncoder, dict[str, Any]]:
     """Load a file written by :func:`save_dense` (``meta``: its metadata), in eval mode.
 
+    The tensors must be exactly the state dict (names, shapes, dtypes) of the student the file's
+    config and encoder describe, checked on the ``meta`` device before anything is allocated.
+
     Returns:
         ``(model, encoder, config)``.
+
+    Raises:
+        ConfigError: a file that does not hold exactly that student (see
+            :func:`trainables.formats.base.student_parts` and :mod:`trainables.formats.layout`).
     """
-    config = json.loads(meta["config"])
-    encoder = encoder_from_json(json.loads(meta["encoder"]))
-    model = build_student(config, encoder, int(meta["num_labels"]), meta["pair"] == "1", init_pretrained=False)
+    path = Path(path)
+    layout = read_layout(path)
+    config, resolved, encoder, num_labels, pair = student_parts(path, layout.metadata)
+
+    def build() -> Student:
+        return build_student(resolved, encoder, num_labels, pair, init_pretrained=False)
+
+    expected = meta_model(path, build).state_dict()
+    check_state_shapes(path, expected, {k: (t.dtype, t.shape) for k, t in layout.tensors.items()})
+    model = build()
     model.load_state_dict(load_file(str(path)))
     return model.eval(), encoder, config
 

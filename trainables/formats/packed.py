@@ -41,12 +41,14 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
-from trainables.compression.quantize import AffineTensor, HalfTensor, Quantized, to_int8_dynamic
+from trainables.compression.quantize import AFFINE_BITS, AffineTensor, HalfTensor, Quantized, to_int8_dynamic
 from trainables.errors import ConfigError
-from trainables.formats.base import read_metadata, register_loader, student_metadata, write_safetensors
+from trainables.formats.base import guarded, register_loader, student_metadata, student_parts, write_safetensors
+from trainables.formats.layout import Layout, TensorInfo, meta_model, parse_json, read_layout, torch_dtype_name
 from trainables.formats.transformer import architecture_metadata, skeleton
-from trainables.models.embeddings import TextEncoder, encoder_from_json
+from trainables.models.embeddings import TextEncoder
 from trainables.models.students import Student, build_student
+from trainables.untrusted import short
 
 FORMAT = "featherweight-packed-v1"
 ARTIFACT_NAME = "student.packed.safetensors"
@@ -248,8 +250,142 @@ def save_packed(model: Student, config: Mapping[str, Any], encoder: TextEncoder,
     return write_safetensors(path, tensors, meta)
 
 
+#: A packed file may decode to at most this many times its own size in bytes, or to
+#: :data:`MIN_DECODED_BYTES`, whichever is more (legitimate files: 2-bit codes of a 99%-sparse
+#: student decode to about 94 times their size). Larger claims are refused before allocating.
+DECODED_RATIO = 128
+MIN_DECODED_BYTES = 256 * 1024 * 1024
+_DTYPES = {"float32": "F32", "float16": "F16"}
+
+
+def _refuse(path: Path, why: str) -> ConfigError:
+    return ConfigError(f"{path}: not a valid packed student ({why})")
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_packing(path: Path, packing: Mapping[str, Any], expected: Mapping[str, torch.Tensor],
+                  tensors: Mapping[str, TensorInfo], file_size: int) -> None:
+    """Check every ``packing`` spec against the student's state dict ``expected`` (on the ``meta``
+    device) and the file's tensors, before anything is read or allocated.
+
+    Each state-dict entry has one spec whose ``shape`` is the entry's; ``affine`` specs have
+    ``bits`` 2..8, ``count`` codes in ``ceil(count * bits / 8)`` bytes, one float16 scale and
+    one uint8 zero point per row; ``float`` specs the values of their ``dtype``; sparse specs a
+    bitmap of ``ceil(n / 8)`` bytes or ``nnz`` positions in the narrowest index dtype; ``raw``
+    specs the entry itself. Every tensor of the file belongs to one spec, and the decoded student
+    needs at most ``max(DECODED_RATIO x file_size, MIN_DECODED_BYTES)`` bytes.
+
+    Raises:
+        ConfigError: the first deviation (one line naming the entry).
+    """
+    missing = sorted(set(expected) - set(packing))
+    extra = sorted(set(packing) - set(expected))
+    if missing or extra:
+        what = f"no spec for {short(missing[0])}" if missing else f"a spec for {short(extra[0])}, not in the student"
+        raise _refuse(path, f"it does not hold the student its config describes: {what}")
+    used: set[str] = set()
+    decoded = 0
+
+    def entry(name: str, dtype: str, shape: tuple[int, ...]) -> None:
+        info = tensors.get(name)
+        if info is None:
+            raise _refuse(path, f"the tensor {short(name)} is missing")
+        if (info.dtype, info.shape) != (dtype, shape):
+            raise _refuse(path, f"the tensor {short(name)} is {info.dtype} {info.shape}; its spec makes it {dtype} {shape}")
+        used.add(name)
+
+    for key, want in expected.items():
+        spec = packing[key]
+        if not isinstance(spec, Mapping):
+            raise _refuse(path, f"the spec of {short(key)} is not an object")
+        shape = tuple(want.shape)
+        if spec.get("shape") != list(shape):
+            raise _refuse(path, f"{short(key)} has the shape {short(spec.get('shape'))}; the student's config makes "
+                                f"it {list(shape)}")
+        n, kind = math.prod(shape), spec.get("kind")
+        if kind == "raw":
+            entry(f"{key}/raw", torch_dtype_name(want.dtype), shape)
+            decoded += n * want.element_size()
+            continue
+        if kind not in ("affine", "float") or not want.is_floating_point():
+            raise _refuse(path, f"{short(key)} has the kind {short(kind)}; allowed: "
+                                f"{'affine, float' if want.is_floating_point() else 'raw'}")
+        layout = spec.get("layout")
+        if layout == "dense":
+            stored = n
+        elif layout in ("bitmap", "index"):
+            stored = spec.get("nnz")
+            if not _integer(stored) or not 0 <= stored <= n:
+                raise _refuse(path, f"{short(key)} keeps nnz = {short(stored)} of its {n} elements")
+            if layout == "bitmap":
+                entry(f"{key}/bitmap", "U8", (math.ceil(n / 8),))
+            else:
+                entry(f"{key}/index", torch_dtype_name(_torch_int(index_dtype(max(n, 1)))), (stored,))
+        else:
+            raise _refuse(path, f"{short(key)} has the layout {short(layout)}; allowed: dense, bitmap, index")
+        if kind == "affine":
+            bits, count = spec.get("bits"), spec.get("count")
+            if not _integer(bits) or bits not in AFFINE_BITS:
+                raise _refuse(path, f"{short(key)} has bits = {short(bits)}; allowed: "
+                                    f"{', '.join(map(str, AFFINE_BITS))}")
+            if not _integer(count) or count != stored:
+                raise _refuse(path, f"{short(key)} declares {short(count)} codes; its layout keeps {stored}")
+            if not shape or shape[0] < 1:
+                raise _refuse(path, f"{short(key)} is affine with no rows")
+            entry(f"{key}/codes", "U8", (math.ceil(count * bits / 8),))
+            entry(f"{key}/scale", "F16", (shape[0],))
+            entry(f"{key}/zero", "U8", (shape[0],))
+        else:
+            dtype = _DTYPES.get(spec.get("dtype")) if isinstance(spec.get("dtype"), str) else None
+            if dtype is None:
+                raise _refuse(path, f"{short(key)} has the dtype {short(spec.get('dtype'))}; allowed: "
+                                    f"{', '.join(_DTYPES)}")
+            entry(f"{key}/values", dtype, (stored,))
+        decoded += 4 * n
+    unused = sorted(set(tensors) - used)
+    if unused:
+        raise _refuse(path, f"the tensor {short(unused[0])} belongs to no spec")
+    budget = max(DECODED_RATIO * file_size, MIN_DECODED_BYTES)
+    if decoded > budget:
+        raise _refuse(path, f"it would decode to {decoded:,} bytes, more than {DECODED_RATIO} times its "
+                            f"{file_size:,} bytes")
+
+
+def _torch_int(dt: np.dtype) -> torch.dtype:
+    return {np.dtype(np.uint8): torch.uint8, np.dtype(np.uint16): torch.uint16, np.dtype(np.uint32): torch.uint32,
+            np.dtype(np.uint64): torch.uint64}[np.dtype(dt)]
+
+
+def _check_entries(path: Path, packing: Mapping[str, Any], entries: Mapping[str, torch.Tensor]) -> None:
+    """Values a decoder relies on: index positions strictly increasing and below n, bitmaps
+    with exactly ``nnz`` bits set (none past n), zero points below 2^bits, finite scales."""
+    for key, spec in packing.items():
+        n = math.prod(spec["shape"])
+        layout = spec.get("layout")
+        if layout == "index":
+            pos = entries[f"{key}/index"].numpy().astype(np.int64)
+            if pos.size and (pos[0] < 0 or pos[-1] >= n or (np.diff(pos) <= 0).any()):
+                raise _refuse(path, f"the positions of {short(key)} are not increasing positions below {n}")
+        elif layout == "bitmap":
+            bits = np.unpackbits(entries[f"{key}/bitmap"].numpy(), bitorder="little")
+            if int(bits[:n].sum()) != spec["nnz"] or bits[n:].any():
+                raise _refuse(path, f"the bitmap of {short(key)} does not set exactly nnz = {spec['nnz']} of {n} bits")
+        if spec.get("kind") == "affine":
+            if int(entries[f"{key}/zero"].numpy().max(initial=0)) >= 2 ** spec["bits"]:
+                raise _refuse(path, f"a zero point of {short(key)} does not fit in {spec['bits']} bits")
+            if not torch.isfinite(entries[f"{key}/scale"].float()).all():
+                raise _refuse(path, f"a scale of {short(key)} is not finite")
+
+
 def load_packed(path: str | Path, runtime: bool = True) -> tuple[torch.nn.Module, TextEncoder, dict[str, Any]]:
     """Load a student saved by :func:`save_packed`, in eval mode (no pickle).
+
+    Every spec is checked against the student the file's config describes and against the file's
+    tensors (:func:`check_packing`) before anything is read; a file that does not match its
+    declared layout is refused, never decoded approximately.
 
     Args:
         runtime: apply the recorded runtime (``int8_dynamic``: :func:`trainables.compression.quantize.to_int8_dynamic`);
@@ -259,27 +395,40 @@ def load_packed(path: str | Path, runtime: bool = True) -> tuple[torch.nn.Module
         ``(model, encoder, config)``.
 
     Raises:
-        ConfigError: missing file or not a packed featherweight student.
+        ConfigError: missing file, not a packed featherweight student, or one that does not hold
+            exactly the student it describes (one line naming the file and the entry).
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"student file {str(path)!r} does not exist")
-    meta = read_metadata(path)
+    layout = read_layout(path)
+    meta = layout.metadata
     if meta.get("featherweight_format") != FORMAT:
-        raise ConfigError(f"{path}: not a packed featherweight student (format {meta.get('featherweight_format')!r})")
-    config = json.loads(meta["config"])
-    encoder = encoder_from_json(json.loads(meta["encoder"]))
-    packing = json.loads(meta["packing"])
+        raise ConfigError(f"{path}: not a packed featherweight student (format {short(meta.get('featherweight_format'))})")
+    return guarded(path, _load_checked, path, layout, runtime)
+
+
+def _load_checked(path: Path, layout: Layout, runtime: bool) -> tuple[torch.nn.Module, TextEncoder, dict[str, Any]]:
+    meta = layout.metadata
+    config, resolved, encoder, num_labels, pair = student_parts(path, meta)
+    packing = parse_json(path, meta, "packing")
+    recorded = meta.get("runtime", "float32")
+    if recorded not in RUNTIMES:
+        raise _refuse(path, f"unknown runtime {short(recorded)}; allowed: {', '.join(RUNTIMES)}")
+
+    def build() -> torch.nn.Module:
+        if "model_config" in meta:  # a transformer student (formats.transformer.architecture_metadata)
+            return skeleton(meta, path)
+        return build_student(resolved, encoder, num_labels, pair, init_pretrained=False)
+
+    expected = meta_model(path, build).state_dict()
+    check_packing(path, packing, expected, layout.tensors, layout.size)
     with safe_open(str(path), framework="pt") as f:
         entries = {k: f.get_tensor(k) for k in f.keys()}
+    _check_entries(path, packing, entries)
     state = {key: decode_tensor(key, spec, entries) for key, spec in packing.items()}
-    if "model_config" in meta:  # a transformer student (formats.transformer.architecture_metadata)
-        model = skeleton(meta)
-    else:
-        model = build_student(config, encoder, int(meta["num_labels"]), meta["pair"] == "1", init_pretrained=False)
+    model = build()
     model.load_state_dict(state)
     model.eval()
-    if runtime and meta.get("runtime") == "int8_dynamic":
+    if runtime and recorded == "int8_dynamic":
         return to_int8_dynamic(model), encoder, config
     return model, encoder, config
 
@@ -295,13 +444,13 @@ def size_breakdown(path: str | Path) -> dict[str, int]:
     roles = {"codes": "codes", "scale": "scales", "zero": "zero_points", "bitmap": "masks", "index": "masks",
              "values": "float_values", "raw": "raw"}
     out = dict.fromkeys(["codes", "scales", "zero_points", "masks", "float_values", "raw"], 0)
-    with safe_open(str(path), framework="pt") as f:
-        for k in f.keys():
-            t = f.get_slice(k)
-            dtype = {"U8": 1, "I8": 1, "U16": 2, "I16": 2, "F16": 2, "BF16": 2, "U32": 4, "I32": 4, "F32": 4,
-                     "U64": 8, "I64": 8, "F64": 8}[t.get_dtype()]
-            out[roles[k.rsplit("/", 1)[1]]] += dtype * math.prod(t.get_shape())
-    total = Path(path).stat().st_size
+    layout = read_layout(path)
+    for k, info in layout.tensors.items():
+        role = roles.get(k.rsplit("/", 1)[-1])
+        if role is None:
+            raise _refuse(Path(path), f"the tensor {short(k)} has no role in a packed file")
+        out[role] += info.end - info.begin
+    total = layout.size
     out["header"] = total - sum(out.values())
     out["total"] = total
     return out

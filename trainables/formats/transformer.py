@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from trainables.errors import ConfigError
-from trainables.formats.base import file_sizes, read_metadata, register_loader, register_saver
+from trainables.formats.base import file_sizes, register_loader, register_saver, student_parts
+from trainables.formats.layout import check_state_shapes, meta_model, parse_json, read_layout
 from trainables.models.transformer import TransformerStudent, WordPieceEncoder
+from trainables.untrusted import short
 
 FORMAT = "featherweight-transformer-v1"
 
@@ -50,30 +52,52 @@ def load_transformer(path: str | Path, meta: Mapping[str, str] | None = None
                      ) -> tuple[TransformerStudent, WordPieceEncoder, dict[str, Any]]:
     """Load a student saved by :func:`save_transformer`, in eval mode (no teacher needed, no pickle).
 
+    The tensors must be exactly the state dict of the architecture ``model_config`` describes,
+    checked on the ``meta`` device before anything is allocated.
+
     Returns:
         ``(model, encoder, config)``.
 
     Raises:
-        ConfigError: not a transformer student file.
+        ConfigError: not a transformer student file, or one that does not hold exactly that
+            student (see :mod:`trainables.formats.layout`).
     """
     from safetensors.torch import load_file
 
-    meta = meta or read_metadata(path)
+    path = Path(path)
+    layout = read_layout(path)
+    meta = layout.metadata
     if meta.get("featherweight_format") != FORMAT:
-        raise ConfigError(f"{path}: not a transformer student file (format {meta.get('featherweight_format')!r})")
-    student = skeleton(meta)
+        raise ConfigError(f"{path}: not a transformer student file (format {short(meta.get('featherweight_format'))})")
+    config, _, encoder, _, _ = student_parts(path, meta)
+    expected = meta_model(path, lambda: skeleton(meta, path)).model.state_dict()
+    check_state_shapes(path, expected, {k: (t.dtype, t.shape) for k, t in layout.tensors.items()})
+    student = skeleton(meta, path)
     student.model.load_state_dict(load_file(str(path)))
-    return student.eval(), WordPieceEncoder.from_json(json.loads(meta["encoder"])), json.loads(meta["config"])
+    return student.eval(), encoder, config
 
 
-def skeleton(meta: Mapping[str, str]) -> TransformerStudent:
+def skeleton(meta: Mapping[str, str], path: str | Path = "student file") -> TransformerStudent:
     """An untrained student of the architecture a file's ``model_config`` and ``pair`` metadata
-    describe (no download: built from the config alone), ready for ``load_state_dict``."""
+    describe (no download: built from the config alone), ready for ``load_state_dict``.
+
+    Raises:
+        ConfigError: ``model_config`` is not a JSON object naming a ``model_type`` that
+            ``transformers`` knows, or describes no model (e.g. a negative size).
+    """
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    hf = json.loads(meta["model_config"])
-    model = AutoModelForSequenceClassification.from_config(AutoConfig.for_model(hf.pop("model_type"), **hf))
-    return TransformerStudent(model, meta["pair"] == "1")
+    hf = parse_json(Path(path), meta, "model_config")
+    model_type = hf.pop("model_type", None)
+    if not isinstance(model_type, str):
+        raise ConfigError(f"{path}: not a valid student file (its model_config names no model_type)")
+    try:
+        model = AutoModelForSequenceClassification.from_config(AutoConfig.for_model(model_type, **hf))
+    except Exception as e:  # a foreign file: whatever transformers raises on its config
+        first = (str(e).strip().splitlines() or [""])[0][:160]
+        raise ConfigError(f"{path}: not a valid student file (its model_config describes no model: "
+                          f"{type(e).__name__}: {first})") from None
+    return TransformerStudent(model, meta.get("pair") == "1")
 
 
 def architecture_metadata(model: Any) -> dict[str, str]:

@@ -220,6 +220,32 @@ def _load_hf(teacher: str, **kwargs: Any) -> Any:
             hf_logging.enable_progress_bar()
 
 
+def check_teacher_layers(teacher: str, k: int, where: str = "config") -> Any:
+    """Check that ``teacher`` (a folder or hub name) has at least ``k`` encoder layers; reads its
+    configuration only (no weights).
+
+    Returns:
+        The teacher's ``transformers`` config.
+
+    Raises:
+        ConfigError: the configuration cannot be read, has no ``num_hidden_layers``, or fewer than ``k``.
+    """
+    from transformers import AutoConfig
+
+    try:
+        tconf = AutoConfig.from_pretrained(teacher)
+    except (OSError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise ConfigError(f"{where}: cannot read the configuration of teacher {teacher!r} ({first})") from None
+    total = getattr(tconf, "num_hidden_layers", None)
+    if total is None:
+        raise ConfigError(f"teacher {teacher!r} ({tconf.model_type}) has no num_hidden_layers; "
+                          f"student=transformer needs a BERT-like teacher")
+    if k > total:
+        raise ConfigError(f"{where}: transformer_layers={k} exceeds the teacher's {total} layers")
+    return tconf
+
+
 def from_teacher(teacher: str, config: Mapping[str, Any], num_labels: int, pair: bool
                  ) -> tuple[WordPieceEncoder, TransformerStudent]:
     """The tokenizer and a student of the teacher's embeddings, first k layers, pooler and head.
@@ -231,18 +257,10 @@ def from_teacher(teacher: str, config: Mapping[str, Any], num_labels: int, pair:
         ConfigError: no teacher folder, k above the teacher's layer count, a teacher without
             ``num_hidden_layers``, or a label count that differs from the task's.
     """
-    from transformers import AutoConfig
-
     if not teacher:
         raise ConfigError("student=transformer needs the teacher's folder (TrialData.teacher_path is unset)")
     k = int(config["transformer_layers"])
-    tconf = AutoConfig.from_pretrained(teacher)
-    total = getattr(tconf, "num_hidden_layers", None)
-    if total is None:
-        raise ConfigError(f"teacher {teacher!r} ({tconf.model_type}) has no num_hidden_layers; "
-                          f"student=transformer needs a BERT-like teacher")
-    if k > total:
-        raise ConfigError(f"transformer_layers={k} exceeds the teacher's {total} layers")
+    tconf = check_teacher_layers(teacher, k)
     if tconf.num_labels != num_labels:
         raise ConfigError(f"teacher {teacher!r} has {tconf.num_labels} labels, the task {num_labels}")
     torch.manual_seed(int(config["seed"]))
