@@ -151,13 +151,18 @@ class MemoryTracker(Tracker):
         self.status = status
 
 
+#: Store errors that a retry resolves: sqlite's lock under concurrent trials, and two trials
+#: inserting the same row at once (e.g. the same dataset input; the retry finds it there).
+_TRANSIENT = ("locked", "unique constraint failed")
+
+
 def _retry(fn: Callable[[], T], attempts: int = 8) -> T:
-    """Retry transient store errors (sqlite 'database is locked' under concurrent trials)."""
+    """Call ``fn``, retrying transient store errors (:data:`_TRANSIENT`) with exponential back-off."""
     for i in range(attempts):
         try:
             return fn()
         except Exception as e:  # mlflow wraps sqlalchemy errors in MlflowException
-            if i == attempts - 1 or "locked" not in str(e).lower():
+            if i == attempts - 1 or not any(t in str(e).lower() for t in _TRANSIENT):
                 raise
             time.sleep(0.2 * 2 ** i)
     raise AssertionError("unreachable")
