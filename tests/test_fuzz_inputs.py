@@ -192,17 +192,19 @@ def _typed(key: str, raw: str) -> object:
 
 def _resumable_searches(store, rng: random.Random) -> None:
     """An experiment ``res`` whose searches record fuzzed options (tag) and Tune folders (param)."""
+    from dataclasses import asdict
+
     from analysis.store import OPTIONS_TAG, ROLE_TAG
+    from search.tuner import SearchOptions
 
     exp = store.experiment("res")
-    good = {"task": "sst2", "space": str(FAST_SPACE), "num_samples": 2, "experiment": "res", "seed": 0}
+    good = asdict(SearchOptions(space=str(FAST_SPACE), num_samples=2, experiment="res", overrides={"epochs": 1}))
     for i in range(12):
         options = dict(good)
         for _ in range(rng.randint(0, 3)):
-            options[rng.choice(sorted(good) + ["max_concurrent", "address", "overrides", "cpus_per_trial",
-                                               "bogus"])] = rng.choice(
-                [None, "x", -1, 1e300, float("nan"), [1], {"a": 1}, True, "1", "auto", "127.0.0.1:1"])
-        tag = rng.choice([json.dumps(options), "not json", "[1]", json.dumps(options)[:-3], "{}"])
+            options[rng.choice(sorted(good) + ["bogus"])] = rng.choice(
+                [None, "x", -1, 1e300, float("nan"), [1], {"a": 1}, {"lr": [1]}, True, "1", "auto", "127.0.0.1:1"])
+        tag = rng.choice([json.dumps(options)] * 3 + ["not json", "[1]", json.dumps(options)[:-3], "{}"])
         run = store.client.create_run(exp, run_name=f"search-r{i}",
                                       tags={ROLE_TAG: "search", "search_id": f"r{i}", OPTIONS_TAG: tag[:5000]})
         path = rng.choice(["/tmp/ray_results/res-r", "", "..", "/", "s3://b/k", "/tmp/x/../../etc"])
