@@ -7,7 +7,9 @@
     python run_search.py resume  --experiment NAME --storage-path DIR [--tracking-uri URI]   # finish a stopped search
 
 Bad input (unknown task, malformed space, missing data, unreachable cluster or tracking
-server) prints one line ``error: ...`` and exits with code 2 before any expensive work.
+server) prints one line ``error: ...`` and exits with code 2 before any expensive work. Ray
+refusing to start or join for another reason (e.g. the project folder it ships) prints one
+``error: ...`` line and exits with code 1.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import fields
 
 from analysis import cli as analysis_cli
 from search import replay as replay_cli
+from search.cluster import ClusterError
 from trainables.errors import ConfigError
 
 
@@ -46,7 +49,14 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler", default=d.sampler, help=f"Optuna sampler: {', '.join(SAMPLERS)} (default %(default)s)")
     p.add_argument("--objectives", default=None,
                    help="e.g. val_accuracy:max,size_bytes:min (default: the space's, else val_accuracy, size_bytes, energy_j)")
-    p.add_argument("--address", default=None, help="Ray cluster: auto, HOST:PORT or ray://HOST:PORT; unset: local Ray")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster to join: auto, HOST:PORT or ray://HOST:PORT; unset or local: a fresh local Ray "
+                        "(inside a Ray job, unset joins the job's cluster)")
+    p.add_argument("--runtime-env", default=None, metavar="FILE_OR_JSON",
+                   help="Ray runtime_env for the trials (YAML/JSON file or inline JSON), used as is; unset: the Ray "
+                        "job's, else the project folder as working_dir when joining a cluster")
+    p.add_argument("--ray-dashboard", action="store_true",
+                   help="start the local Ray with its dashboard and print its URL (needs the cluster extra)")
     p.add_argument("--cpus-per-trial", type=float, default=d.cpus_per_trial)
     p.add_argument("--gpus-per-trial", type=float, default=d.gpus_per_trial)
     p.add_argument("--storage-path", default=None, help="Ray Tune experiment storage (shared for multi-node)")
@@ -75,17 +85,23 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
                         "(default %(default)s)")
     p.add_argument("--val-size", type=int, default=d.val_size,
                    help="validation rows instead of --val-fraction (default: use the fraction)")
+    p.add_argument("--optuna-storage", default=None,
+                   help="Optuna study storage, an RDB URL (default: sqlite:///<Tune experiment folder>/optuna.db)")
+    p.add_argument("--no-system-metrics", dest="system_metrics", action="store_false",
+                   help="do not record CPU, memory, disk and network use on trial runs (MLflow system metrics)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="fix a trial-config key in every trial (repeatable), e.g. --set epochs=1")
     p.set_defaults(func=_cmd_search)
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
+    from search.cluster import load_runtime_env
     from search.tuner import SearchOptions, run_search
 
     names = {f.name for f in fields(SearchOptions)}
     values = {k: v for k, v in vars(args).items() if k in names}
     values["overrides"] = parse_overrides(args.overrides)
+    values["runtime_env"] = load_runtime_env(args.runtime_env)
     return _exit_code(run_search(SearchOptions(**values)))
 
 
@@ -250,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {_one_line(str(e))}", file=sys.stderr)
         return 2
+    except ClusterError as e:  # Ray refused to start or join for a reason outside the options
+        print(f"error: {_one_line(str(e))}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted: finished trials are kept; `python run_search.py resume --experiment NAME` finishes a "
               "search", file=sys.stderr)

@@ -49,6 +49,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                    help="pareto, knee, best:METRIC or METRIC@OTHER<=VALUE (e.g. accuracy@size_bytes<=200000)")
     p.add_argument("--objectives", default=None, help="objectives of pareto/knee (default: the search's)")
     p.add_argument("--search-id", default=None, help="search id or parent run id (default: the latest search)")
+    p.add_argument("--register", default=None, metavar="NAME",
+                   help="also register the selected students as versions of this MLflow registered model, with "
+                        "aliases knee, best-accuracy, smallest (e.g. models:/NAME@knee)")
     p.set_defaults(func=_cmd_export)
 
 
@@ -88,11 +91,16 @@ def _cmd_export(args: argparse.Namespace) -> int:
     out = args.out or str(Path("exports") / safe_name(args.experiment))  # a name, not a path: no '..' or '/'
     check_output_folder(out, "--out")
     paths = export_configs(args.tracking_uri, args.experiment, out, args.select, search_id=args.search_id,
-                           objectives=args.objectives)
+                           objectives=args.objectives, register=args.register)
     for path in paths:
         print(path)
     import yaml
 
+    if args.register:
+        for path in paths:
+            reg = yaml.safe_load(path.read_text(encoding="utf-8")).get("registered_model", {})
+            aliases = "".join(f" models:/{reg['name']}@{a}" for a in reg.get("aliases", []))
+            print(f"registered {reg.get('uri')}{aliases}")
     selected_on = yaml.safe_load(paths[0].read_text(encoding="utf-8")).get("selected_on", "")
     print(f"{len(paths)} config(s) exported (selected on {selected_on}); replay one with "
           f"`python run_search.py replay {paths[0]}`")

@@ -18,11 +18,15 @@ Ties go to the earlier trial (``trial_order``).
 Each exported YAML (``<selector>-trial<order>-<run id prefix>.yaml``) holds ``config`` (the
 full resolved trial config, typed, from the run's params via
 :func:`trainables.config.resolve_config`), ``source_run_id``, ``experiment``,
-``tracking_uri``, ``metrics`` (the run's final metrics), ``model_uri``
-(``runs:/<id>/model/student.safetensors``, or ``student.packed.safetensors`` after a prune or
-quantize stage) and, for provenance, ``selector``, ``selected_on`` (the objectives or the metric the
-selection used: the search's ``val_accuracy``, never the dev ``accuracy``, unless asked), ``search_id``,
-``parent_run_id`` and ``trial_id``.
+``tracking_uri``, ``metrics`` (the run's final metrics, without MLflow's ``system/...``), ``model_uri`` (the trial's MLflow
+model, ``models:/<model id>``, which ``mlflow.pyfunc.load_model`` loads; ``null`` for runs
+that logged none), ``student_uri`` (the student file, ``runs:/<id>/model/student.safetensors``,
+or ``student.packed.safetensors`` after a prune or quantize stage) and, for provenance,
+``selector``, ``selected_on`` (the objectives or the metric the selection used: the search's
+``val_accuracy``, never the dev ``accuracy``, unless asked), ``search_id``, ``parent_run_id``
+and ``trial_id``. With ``register=NAME`` the selected models also become versions of the registered model ``NAME``
+(:mod:`analysis.registry`), and each YAML gets ``registered_model``: ``name``, ``version``,
+``uri`` (``models:/NAME/VERSION``) and ``aliases``.
 
 :func:`search.replay.replay` re-runs such a file as a new MLflow run.
 
@@ -49,6 +53,7 @@ import pandas as pd
 import yaml
 
 from analysis.pareto import pareto_ranks
+from analysis.registry import ALIAS_SELECTORS, alias_of, check_model_name, logged_model_id, register_students
 from analysis.runs import _load, _metric_columns, _objectives, _open_store, _require_metrics
 from trainables.config import PARAMS, parse_param, resolve_config
 from trainables.errors import ConfigError
@@ -215,7 +220,7 @@ def _config_from_params(params: Mapping[str, str], where: str) -> dict[str, Any]
     return _resolve(typed, where)
 
 
-def _model_uri(client: Any, run_id: str, config: Mapping[str, Any]) -> str:
+def _student_uri(client: Any, run_id: str, config: Mapping[str, Any]) -> str:
     """``runs:/<id>/model/<student file>``: the ``.safetensors`` file logged under ``model/``, or
     (nothing logged) the name the pipeline gives the last stage's student."""
     files = [a.path for a in client.list_artifacts(run_id, "model") if a.path.endswith(".safetensors")]
@@ -227,6 +232,24 @@ def _model_uri(client: Any, run_id: str, config: Mapping[str, Any]) -> str:
     return f"runs:/{run_id}/model/{formats.ARTIFACT_NAME if last == 'distill' else formats.PACKED_NAME}"
 
 
+def _alias_targets(df: pd.DataFrame, sel: Selector, objectives: Any, parent: Any, select: str) -> dict[str, str]:
+    """alias -> run id: the search's ``knee``, ``best-accuracy`` and ``smallest`` trials (where their
+    metrics were logged) and, for ``best``/``constrained`` selections, the selector's own alias."""
+    targets = {}
+    for alias, selector in ALIAS_SELECTORS.items():
+        try:
+            s = parse_selector(selector)
+            objs = _objectives(objectives, parent) if s.kind == "knee" else None
+            rows = _select(df, s, objs, selector)
+        except ConfigError:  # a metric the search did not log, or no objectives recorded
+            continue
+        if not rows.empty:
+            targets[alias] = rows["run_id"].iloc[0]
+    if sel.kind in ("best", "constrained") and select.strip() not in ALIAS_SELECTORS.values():
+        targets[alias_of(sel.slug())] = _select(df, sel, None, select)["run_id"].iloc[0]
+    return targets
+
+
 def export_configs(
     tracking_uri: str | None,
     experiment: str,
@@ -234,6 +257,7 @@ def export_configs(
     select: str,
     search_id: str | None = None,
     objectives: str | Mapping[str, str] | Sequence[str] | None = None,
+    register: str | None = None,
 ) -> list[Path]:
     """Write one YAML per finished trial chosen by ``select`` (see the module doc).
 
@@ -244,6 +268,8 @@ def export_configs(
         select: ``pareto``, ``knee``, ``best:METRIC`` or ``METRIC@OTHER<=VALUE``.
         search_id: which search; ``None``: the latest.
         objectives: objectives of ``pareto``/``knee``; ``None``: the search's own.
+        register: also register the selected trials' MLflow models as versions of this registered
+            model, with the aliases of :mod:`analysis.registry`.
 
     Returns:
         The written paths, in trial order.
@@ -251,9 +277,11 @@ def export_configs(
     Raises:
         ConfigError: a bad selector or ``out_dir`` (checked before the store is opened), store/experiment/
             search not found, no finished trial, a metric no trial logged, no trial meeting
-            the constraint, or a run whose params are not a valid trial config.
+            the constraint, a run whose params are not a valid trial config, or (``register``) a
+            malformed model name or a selected run without a logged model.
     """
     sel = parse_selector(select)
+    name = check_model_name(register) if register is not None else None
     out = check_output_folder(out_dir, "--out")  # before the store is opened
     client, uri = _open_store(tracking_uri)
     df, exp, parent = _load(client, uri, experiment, search_id, ("FINISHED",))
@@ -264,25 +292,38 @@ def export_configs(
     chosen = _select(df, sel, objs, select).sort_values("trial_order")
     if chosen.empty:
         raise ConfigError(f"--select {select!r}: no finished trial has a value for every objective")
+    runs = {rid: client.get_run(rid) for rid in chosen["run_id"]}
+    model_ids = {rid: logged_model_id(run) for rid, run in runs.items()}
+    registered: dict[str, dict[str, Any]] = {}
+    if name is not None:
+        entries = [{"run_id": rid, "model_id": model_ids[rid],
+                    "tags": {"source_run_id": rid, "search_id": search, "selector": select.strip(),
+                             "trial_id": runs[rid].data.tags.get("trial_id", "")}} for rid in runs]
+        registered = register_students(client, name, entries, _alias_targets(df, sel, objectives, parent, select),
+                                       description=f"featherweight students of experiment {exp.name!r}")
     out.mkdir(parents=True, exist_ok=True)
-    metric_cols = _metric_columns(df)
+    # the trial's results; MLflow's system metrics (system/...) describe the machine, not the student
+    metric_cols = [c for c in _metric_columns(df) if not c.startswith("system/")]
     paths = []
     for _, row in chosen.iterrows():
         run_id = row["run_id"]
-        config = _config_from_params(client.get_run(run_id).data.params, f"run {run_id}")
+        config = _config_from_params(runs[run_id].data.params, f"run {run_id}")
         doc = {
             "config": config,
             "source_run_id": run_id,
             "experiment": exp.name,
             "tracking_uri": mask_credentials(uri),  # an exported file may be shared: no password in it
             "metrics": {c: float(row[c]) for c in metric_cols if pd.notna(row[c])},
-            "model_uri": _model_uri(client, run_id, config),
+            "model_uri": f"models:/{model_ids[run_id]}" if model_ids[run_id] else None,
+            "student_uri": _student_uri(client, run_id, config),
             "selector": select.strip(),
             "selected_on": (",".join(f"{k}:{v}" for k, v in objs.items()) if objs else sel.metric or ""),
             "search_id": search,
             "parent_run_id": parent.info.run_id,
             "trial_id": str(row.get("tag.trial_id", "")) if pd.notna(row.get("tag.trial_id")) else "",
         }
+        if run_id in registered:
+            doc["registered_model"] = registered[run_id]
         path = out / f"{sel.slug()}-trial{int(row['trial_order']):03d}-{run_id[:8]}.yaml"
         path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
         paths.append(path)

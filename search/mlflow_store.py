@@ -15,8 +15,10 @@ So a search ends with exactly one ``FINISHED`` run per finished trial.
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from analysis.store import (  # the store's read side, shared with analysis
@@ -31,22 +33,63 @@ from analysis.store import (  # the store's read side, shared with analysis
 )
 from trainables.errors import ConfigError
 
-__all__ = ["DRIVER_GONE", "OPTIONS_TAG", "ROLE_TAG", "check_tracking_uri", "child_runs", "close_earlier_attempts",
-           "close_search", "find_experiment", "find_search", "get_or_create_experiment", "reopen_run",
-           "resolve_tracking_uri", "search_options_of", "search_runs_of", "start_parent_run", "trial_runs"]
+__all__ = ["DRIVER_GONE", "EXPERIMENT_KIND", "EXPERIMENT_KIND_TAG", "OPTIONS_TAG", "ROLE_TAG", "check_tracking_uri",
+           "child_runs", "close_earlier_attempts", "close_search", "find_experiment", "find_search",
+           "get_or_create_experiment", "reopen_run", "resolve_tracking_uri", "search_options_of", "search_runs_of",
+           "source_tags", "start_parent_run", "trial_runs"]
 
 DRIVER_GONE = "trial ended without finishing its run (worker died or search stopped)"
+#: The experiment tag whose value picks the MLflow UI's view of an experiment, and the value of
+#: its model-training ("Machine learning") view: the runs table with models and datasets.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def get_or_create_experiment(client: Any, name: str, artifact_root: str | None) -> str:
-    """Experiment id of ``name``, creating it with artifact location ``<artifact_root>/<name>``."""
+    """Experiment id of ``name``, creating it with artifact location ``<artifact_root>/<name>``.
+
+    The experiment is tagged ``mlflow.experimentKind=custom_model_development`` (also an existing
+    one without that tag), so that the MLflow UI opens it in its model-training view.
+
+    Raises:
+        ConfigError: the experiment is deleted.
+    """
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             raise ConfigError(f"MLflow experiment {name!r} is deleted; restore it or choose another --experiment")
+        if EXPERIMENT_KIND_TAG not in exp.tags:
+            client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return exp.experiment_id
     location = f"{artifact_root.rstrip('/')}/{name}" if artifact_root else None
-    return client.create_experiment(name, artifact_location=location)
+    return client.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+
+
+def _git(*args: str) -> str:
+    """Output of ``git <args>`` in the project folder, or ``""`` (no git, not a checkout)."""
+    try:
+        out = subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+def source_tags(entry_point: str = "run_search.py") -> dict[str, str]:
+    """MLflow's standard source tags for runs of this code: ``mlflow.source.name`` (the entry
+    point, a path in the project), ``mlflow.source.type`` (``LOCAL``) and, from a git checkout,
+    ``mlflow.source.git.commit``, ``mlflow.source.git.branch`` and ``mlflow.source.git.repoURL``
+    (when the checkout has an ``origin``)."""
+    tags = {"mlflow.source.name": str(PROJECT_ROOT / entry_point), "mlflow.source.type": "LOCAL"}
+    for key, args in (("commit", ("rev-parse", "HEAD")), ("branch", ("rev-parse", "--abbrev-ref", "HEAD")),
+                      ("repoURL", ("config", "--get", "remote.origin.url"))):
+        value = _git(*args)
+        if key == "repoURL" and "://" in value and "@" in value.split("://", 1)[1].split("/", 1)[0]:
+            scheme, rest = value.split("://", 1)  # no credentials in a tag
+            value = f"{scheme}://{rest.split('@', 1)[1]}"
+        if value and value != "HEAD":
+            tags[f"mlflow.source.git.{key}"] = value
+    return tags
 
 
 def start_parent_run(client: Any, experiment_id: str, run_name: str, params: Mapping[str, Any],

@@ -23,6 +23,7 @@ from typing import Any
 from analysis.export import PERCENT_METRICS, minimal_config
 from analysis.runs import _final_metrics, _open_store
 from analysis.store import ROLE_TAG, find_experiment
+from search.mlflow_store import source_tags
 from search.tuner import build_trial_data
 from spaces import Space
 from trainables.config import resolve_config
@@ -193,7 +194,7 @@ def replay(
     settings = RunSettings(threads=threads, device=device, tags={
         ROLE_TAG: "replay", "source_run_id": source_id,
         "source_search_id": src_tags.get("search_id", ""), "source_trial_id": src_tags.get("trial_id", ""),
-        "source_experiment_id": source.info.experiment_id})
+        "source_experiment_id": source.info.experiment_id, **source_tags()})
     tracker = MlflowTracker(uri, exp_id, parent_run_id=None)
     tmp = None if workdir is not None else tempfile.mkdtemp(prefix="featherweight-replay-")
     try:

@@ -169,7 +169,7 @@ def resume_search(experiment: str, tracking_uri: str | None = None, search_id: s
     plan, path = plan_resume(parent, uri, address, storage_path, trust_recorded_storage)
     print_notes(plan)
     if plan.options.address is not None:
-        connect(plan.options.address)
+        connect(plan.options.address, plan.options.runtime_env, plan.options.ray_dashboard)
     print(f"resuming search {sid} (parent run {parent_id}): {len(finished)} of {plan.options.num_samples} trials "
           f"finished; Tune state in {mask_credentials(path)} (confirmed by "
           f"{'--storage-path' if storage_path is not None else '--trust-recorded-storage'})", flush=True)

@@ -20,14 +20,15 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from search.cluster import check_address, connect, experiment_path, resolve_storage_path
+from search import optuna_store
+from search.cluster import check_launch, connect, experiment_path, joins_cluster, ray_address, resolve_storage_path
 from search.validate import check_search_options, check_space
 from spaces import DEFAULT_OBJECTIVES, ENERGY_OBJECTIVES, Space, load_space, parse_objectives
 from trainables.config import check_value, parse_stages
@@ -62,6 +63,8 @@ class SearchOptions:
     sampler: str = "tpe"
     objectives: str | None = None
     address: str | None = None
+    runtime_env: dict[str, Any] | None = None
+    ray_dashboard: bool = False
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     storage_path: str | None = None
@@ -80,6 +83,8 @@ class SearchOptions:
     time_budget_s: float | None = None
     hv_reference: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
+    optuna_storage: str | None = None
+    system_metrics: bool = True
 
 
 @dataclass
@@ -164,13 +169,13 @@ def plan_search(opts: SearchOptions) -> Plan:
     tracking_uri, artifact_root = resolve_tracking_uri(opts.tracking_uri)
     storage_path = resolve_storage_path(opts.storage_path)
     check_tracking_uri(tracking_uri)
-    check_address(opts.address)
+    check_launch(opts.address, opts.runtime_env, opts.ray_dashboard)
     notes = []
-    if opts.address is not None and (storage_path is None or storage_path.startswith("/")):
+    if joins_cluster(opts.address) and (storage_path is None or storage_path.startswith("/")):
         notes.append(f"Tune's storage {storage_path or '~/ray_results'} must be a folder every node can write "
                      f"(e.g. NFS; pass --storage-path) or a URI such as s3://bucket/dir, else trials on other "
                      f"machines fail")
-    if opts.address is not None and not tracking_uri.startswith(("http://", "https://")):
+    if joins_cluster(opts.address) and not tracking_uri.startswith(("http://", "https://")):
         notes.append(f"trials on other machines write to {mask_credentials(tracking_uri)} and {artifact_root}: that "
                      f"works only when "
                      f"every node sees these paths; else start `python run_search.py server` and pass "
@@ -191,6 +196,8 @@ def plan_search(opts: SearchOptions) -> Plan:
                 raise ConfigError("no objective left once energy is dropped; add e.g. val_accuracy:max")
     if opts.hv_reference is not None:
         parse_reference(opts.hv_reference, objectives)
+    if opts.optuna_storage is not None:  # an absolute URL: a resume may run elsewhere
+        opts = replace(opts, optuna_storage=optuna_store.check_storage_url(opts.optuna_storage))
     plan = Plan(opts, task, space, objectives, teacher, tracking_uri, artifact_root, dropped, storage_path, notes)
     if opts.scheduler == "moasha":
         scheduler_objectives(plan)
@@ -393,8 +400,8 @@ def run_search(opts: SearchOptions) -> pd.DataFrame:
     """
     plan = plan_search(opts)
     print_notes(plan)
-    if opts.address is not None:
-        connect(opts.address)  # joining a cluster can still fail (authentication): before loading anything
+    if joins_cluster(opts.address):  # joining can still fail (authentication, runtime_env): before loading anything
+        connect(opts.address, opts.runtime_env, opts.ray_dashboard)
     data = load_trial_data(plan)
     reference = hv_reference(plan, data)
 
@@ -409,6 +416,7 @@ def run_search(opts: SearchOptions) -> pd.DataFrame:
     search_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     tune_name = f"{safe_name(opts.experiment)}-{search_id}"  # a folder name: no '/' or '..' from the user
     tune_path = experiment_path(plan.storage_path, tune_name)
+    optuna_url = plan.options.optuna_storage or optuna_store.default_storage_url(tune_path)
     parent_id = mlflow_store.start_parent_run(
         client, experiment_id, f"search-{search_id}",
         params={"task": plan.task, "space": opts.space, "num_samples": opts.num_samples,
@@ -419,24 +427,29 @@ def run_search(opts: SearchOptions) -> pd.DataFrame:
                 "cache_dir": _local_or_name(opts.cache_dir) if opts.cache_dir else "",
                 "cpus_per_trial": opts.cpus_per_trial,
                 "gpus_per_trial": opts.gpus_per_trial, "max_failures": opts.max_failures,
-                "address": opts.address or "local", "tune_experiment_path": tune_path,
+                "address": ray_address(opts.address), "tune_experiment_path": tune_path,
                 "val_fraction": opts.val_fraction, "val_size": opts.val_size, "val_rows": len(data.val),
                 "scheduler": opts.scheduler, "reduction_factor": opts.reduction_factor,
                 "grace_period": opts.grace_period, "time_budget_s": opts.time_budget_s or "",
                 "hypervolume_reference": ",".join(f"{v:.6g}" for v in reference),
-                "study_name": tune_name, "optuna_storage": "tune searcher state (in tune_experiment_path)"},
+                "study_name": tune_name, "optuna_storage": optuna_url},
         tags={"search_id": search_id, "git_commit": _git_commit(), "data_hash": data.train.data_hash,
               "val_data_hash": data.val.data_hash,
               "teacher_id": data.teacher_id, "sampler": opts.sampler,
               "random_search": str(opts.sampler == "random").lower(),
-              mlflow_store.OPTIONS_TAG: json.dumps(recorded_options(plan))})
+              mlflow_store.OPTIONS_TAG: json.dumps(recorded_options(plan)), **mlflow_store.source_tags()})
     try:
         client.log_artifact(parent_id, opts.space, "space")
+        storage = optuna_store.prepare_search_study(
+            optuna_url, tune_name, plan.objectives,
+            {"mlflow_tracking_uri": plan.tracking_uri, "mlflow_experiment_id": experiment_id,
+             "mlflow_parent_run_id": parent_id, "search_id": search_id})
     except Exception:
         mlflow_store.close_search(client, experiment_id, parent_id, "FAILED", {})
         raise
     uri = mask_credentials(plan.tracking_uri)
     print(f"MLflow: experiment {opts.experiment!r} (id {experiment_id}), parent run {parent_id} in {uri}", flush=True)
+    print(f"Optuna: study {tune_name!r} in {optuna_url} (optuna-dashboard {optuna_url})", flush=True)
     print(f"Ray Tune: experiment state in {tune_path} (resume with: python run_search.py resume --experiment "
           f"{shlex.quote(opts.experiment)} --tracking-uri {shlex.quote(uri)} --storage-path "
           f"{shlex.quote(str(Path(tune_path).parent))})", flush=True)
@@ -450,7 +463,7 @@ def run_search(opts: SearchOptions) -> pd.DataFrame:
 
         searcher = OptunaSearch(metric=list(plan.objectives), mode=list(plan.objectives.values()),
                                 sampler=make_sampler(opts.sampler, opts.seed, opts.num_samples), study_name=tune_name,
-                                points_to_evaluate=_initial_points(plan))
+                                points_to_evaluate=_initial_points(plan), storage=storage)
         if opts.time_budget_s:
             searcher = DeadlineSearcher(searcher, opts.time_budget_s)
         scheduler = make_scheduler(plan, board)
@@ -520,9 +533,10 @@ def execute_search(plan: Plan, data: Any, client: Any, experiment_id: str, paren
 
     opts = plan.options
     settings = RunSettings(opts.cpu_watts_per_core, opts.pue, opts.kg_per_kwh, None,
-                           {"search_id": search_id, "git_commit": _git_commit(), "featherweight.role": "trial"})
+                           {"search_id": search_id, "git_commit": _git_commit(), "featherweight.role": "trial",
+                            **mlflow_store.source_tags()})
     tracking = {"tracking_uri": plan.tracking_uri, "experiment_id": experiment_id, "parent_run_id": parent_id,
-                "settings": settings,
+                "settings": settings, "system_metrics": opts.system_metrics,
                 "earlier_attempts": functools.partial(mlflow_store.close_earlier_attempts,
                                                       experiment_id=experiment_id, parent_run_id=parent_id),
                 "should_stop": should_stop}
@@ -535,7 +549,7 @@ def execute_search(plan: Plan, data: Any, client: Any, experiment_id: str, paren
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     status, errors = "FAILED", {}
     try:
-        connect(opts.address)
+        connect(opts.address, opts.runtime_env, opts.ray_dashboard)
         trainable = tune.with_resources(tune.with_parameters(tune_trainable, data=data, tracking=tracking),
                                         {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
         results = build(trainable).fit()
@@ -552,6 +566,8 @@ def execute_search(plan: Plan, data: Any, client: Any, experiment_id: str, paren
         if marked:
             print(f"marked {marked} unfinished trial run(s) FAILED", flush=True)
     client.set_tag(parent_id, "failed_trials", str(len(errors)))
+    if status == "FINISHED":
+        optuna_store.fail_orphans(client.get_run(parent_id))
     if status == "KILLED":
         print(f"\nthe search was interrupted; finish it with: python run_search.py resume --experiment "
               f"{shlex.quote(opts.experiment)} --tracking-uri {shlex.quote(mask_credentials(plan.tracking_uri))}",

@@ -1,6 +1,6 @@
 """The compression trainable: one trial from config to a measured, saved, tracked student.
 
 Subpackages, each importing only those below it (checked by ``lint-imports``):
-``trial`` -> ``tracking`` | ``formats`` -> ``compression`` -> ``training`` -> ``models`` -> ``data``
--> ``energy`` -> ``config`` -> ``errors``.
+``trial`` -> ``tracking`` -> ``serving`` -> ``formats`` -> ``compression`` -> ``training`` -> ``models``
+-> ``data`` -> ``energy`` -> ``config`` -> ``errors``.
 """

@@ -70,3 +70,12 @@ def test_missing_teacher_says_how_to_make_one(tmp_path, glue_dir):
                 tmp_path)
     _check_one_line_exit_2(proc, "run_search.py teacher --task sst2", tmp_path)
     assert "minutes" in proc.stderr
+
+
+def test_bad_optuna_storage_and_model_name(tmp_path, base_args):
+    proc = _run(base_args + ["--optuna-storage", "not a url"], tmp_path)
+    _check_one_line_exit_2(proc, "--optuna-storage 'not a url' is not a database URL", tmp_path)
+    proc = _run(base_args + ["--optuna-storage", f"sqlite:///{tmp_path}/absent/optuna.db"], tmp_path)
+    _check_one_line_exit_2(proc, "absent' does not exist", tmp_path)
+    proc = _run(["export", "--experiment", "x", "--select", "knee", "--register", "a/b"], tmp_path)
+    _check_one_line_exit_2(proc, "--register 'a/b': a registered model name is", tmp_path)

@@ -109,8 +109,9 @@ class Cluster:
         _wait(lambda: _port_open(self.port), 120, "the Ray head", [head])
         worker = self.ray_node(head=False)
         # a driver that waits for both nodes and checks the project reaches workers through runtime_env
-        probe = subprocess.run([sys.executable, "-c", _PROBE, self.address], env=self.env, capture_output=True,
-                               text=True, timeout=240, cwd=self.workdir)
+        probe = subprocess.run([sys.executable, "-c", _PROBE, self.address], capture_output=True, text=True,
+                               env={**self.env, "PYTHONPATH": str(ROOT)},  # this checkout, not an installed copy
+                               timeout=240, cwd=self.workdir)
         assert probe.returncode == 0, probe.stderr[-3000:]
         assert "nodes=2" in probe.stdout, probe.stdout
         _wait(lambda: _healthy(self.tracking_uri), 240, "the MLflow server", [server, worker])
@@ -276,3 +277,17 @@ def test_killed_driver_is_resumed_without_duplicates(cluster, tmp_path, glue_dir
     raised = [r for r in children if "injected trial failure" in r.data.tags.get("error", "")]
     assert len(raised) == 1 and raised[0].info.status == "FAILED"
     assert raised[0].data.tags["trial_id"] in {r.data.tags["trial_id"] for r in finished}
+
+    # the Optuna study (sqlite beside the Tune state, owned by the driver) outlived the killed driver, and the
+    # resumed search kept writing to it: every COMPLETE trial has the values of a finished run, and every
+    # finished trial is COMPLETE except the one that had errored for good before the resume (Ray's
+    # OptunaSearch records one result per trial id: that one stays FAIL)
+    from search.optuna_store import load_search_study
+
+    url = parents[0].data.params["optuna_storage"]
+    assert url.startswith(f"sqlite:///{tmp_path}/ray_results/") and url.endswith("/optuna.db")
+    study = load_search_study(parents[0])
+    states = Counter(t.state.name for t in study.trials)
+    values = {(r.data.metrics["accuracy"], r.data.metrics["size_bytes"]) for r in finished}
+    assert {tuple(t.values) for t in study.trials if t.state.name == "COMPLETE"} <= values
+    assert states["COMPLETE"] >= n - 1 and states["COMPLETE"] + states["FAIL"] >= n, states

@@ -127,3 +127,26 @@ def test_errored_trials_are_read_from_the_result_grid(tmp_path):
     (error,) = errors.values()
     assert _error_line(error) == "ValueError: bad lr"
     assert not interrupted(results, 2) and interrupted(results, 3)
+
+
+def test_experiments_open_in_the_model_training_view(sqlite_store):
+    client, root = sqlite_store
+    exp = ms.get_or_create_experiment(client, "kind-new", root)
+    assert client.get_experiment(exp).tags[ms.EXPERIMENT_KIND_TAG] == "custom_model_development"
+    old = client.create_experiment("kind-old")  # made elsewhere, without the tag: tagged when a search uses it
+    assert ms.EXPERIMENT_KIND_TAG not in client.get_experiment(old).tags
+    assert ms.get_or_create_experiment(client, "kind-old", root) == old
+    assert client.get_experiment(old).tags[ms.EXPERIMENT_KIND_TAG] == "custom_model_development"
+    client.set_experiment_tag(old, ms.EXPERIMENT_KIND_TAG, "genai_development")  # a user's choice is kept
+    ms.get_or_create_experiment(client, "kind-old", root)
+    assert client.get_experiment(old).tags[ms.EXPERIMENT_KIND_TAG] == "genai_development"
+
+
+def test_source_tags_name_the_code():
+    import subprocess
+
+    tags = ms.source_tags()
+    assert tags["mlflow.source.type"] == "LOCAL" and tags["mlflow.source.name"].endswith("run_search.py")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ms.PROJECT_ROOT, capture_output=True, text=True)
+    if head.returncode == 0:  # a git checkout
+        assert tags["mlflow.source.git.commit"] == head.stdout.strip()

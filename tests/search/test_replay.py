@@ -43,7 +43,9 @@ def test_export_and_replay_a_real_trial(store, tmp_path, glue_dir, sst2_teacher,
     doc = yaml.safe_load(path.read_text())
     assert doc["source_run_id"] == source
     assert doc["metrics"]["accuracy"] == final["accuracy"]
-    assert doc["model_uri"] == f"runs:/{source}/model/student.safetensors"
+    assert doc["student_uri"] == f"runs:/{source}/model/student.safetensors"
+    (output,) = client.get_run(source).outputs.model_outputs
+    assert doc["model_uri"] == f"models:/{output.model_id}"
     local = client.download_artifacts(source, "model/student.safetensors", str(tmp_path / "dl"))
     assert load_student(local)[2] == doc["config"]  # the exported config is the logged student's
 

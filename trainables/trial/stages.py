@@ -15,7 +15,8 @@ trainable of :mod:`trainables.trial.trainable`). It reads top to bottom:
    prune/quantize), evaluate the *saved file* on dev, measure size and speed (logged as
    ``<stage>_<metric>`` when there are several stages); the last stage's file is the trial's
    ``model/`` and its metrics the unprefixed ones;
-7. :func:`finish`: inference energy, the final metrics one step after the last epoch, the model artifact.
+7. :func:`finish`: inference energy, the final metrics one step after the last epoch, the model
+   artifact and the MLflow model (:mod:`trainables.trial.records`).
 
 All of a trial's mutable state is one :class:`TrialState`.
 """
@@ -61,6 +62,7 @@ from trainables.trial.checkpoint import (
     write_progress,
     write_rewind,
 )
+from trainables.trial.records import log_student_model, model_tags, trial_datasets
 from trainables.trial.state import RunSettings, TrialData, seed_everything, with_validation
 
 log = logging.getLogger(__name__)
@@ -188,6 +190,7 @@ def run_trial(config: Mapping[str, Any], data: TrialData, workdir: str | Path, t
             "task": data.train.task}
     tracker.start(run_name, params=cfg, tags=tags)
     try:
+        tracker.log_datasets(trial_datasets(data))
         final = _stages(cfg, data, workdir, tracker, settings, report, init, resume_from)
     except BaseException as e:
         tracker.set_tags({"error": f"{type(e).__name__}: {e}"[:4000]})
@@ -461,7 +464,7 @@ def evaluate_saved(path: Path, sizes: dict[str, int], data: TrialData, dev_enc: 
 
 
 def finish(state: TrialState) -> dict[str, Any]:
-    """Stage 7: CPU inference energy, the final metrics and tags, the model artifact, the last report.
+    """Stage 7: CPU inference energy, the final metrics and tags, the model artifact and MLflow model, the last report.
 
     MLflow shows a metric's value at its highest step, so the saved student's final values are
     logged one step after the last epoch: ``accuracy``, ``size_bytes``... read as the trial's result.
@@ -476,9 +479,11 @@ def finish(state: TrialState) -> dict[str, Any]:
     final = {**s.final, **values, "train_time_s": s.train_time_s}
     if s.best_epoch is not None:
         final["best_epoch"] = s.best_epoch
-    s.tracker.log_metrics(final, step=len(s.rows) + 1)
-    s.tracker.set_tags(tags)
+    step = len(s.rows) + 1
     s.tracker.log_artifact(s.workdir / "model", "model")
+    model_id = log_student_model(s.tracker, s.workdir / "model", s.cfg, model_tags(s.data, s.cfg, s.settings), step)
+    s.tracker.log_metrics(final, step=step, model_id=model_id)  # also the logged model's metrics
+    s.tracker.set_tags(tags)
     final["energy_method"] = tags["energy_method"]
     final["early_stopped"] = s.stopped_at_epoch is not None  # also a tag (with stopped_at_epoch) when true
     if s.report is not None:

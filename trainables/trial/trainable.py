@@ -38,7 +38,8 @@ def tune_trainable(config: dict[str, Any], data: TrialData, tracking: Mapping[st
         config: the sampled trial config (Tune passes it).
         data: the splits and teacher logits, shared through Ray's object store.
         tracking: ``tracking_uri``, ``experiment_id``, ``parent_run_id`` and ``settings``
-            (a :class:`trainables.trial.state.RunSettings`) from the driver; optional
+            (a :class:`trainables.trial.state.RunSettings`) from the driver; optional ``system_metrics``
+            (record MLflow's system metrics on the trial's run); optional
             ``earlier_attempts(client, trial_id)``: settles the runs of earlier attempts of this
             trial (retries, resumed searches) and returns the metrics of one that finished (then
             reported as this trial's result, nothing retrained) and tags for the new run; optional
@@ -48,7 +49,8 @@ def tune_trainable(config: dict[str, Any], data: TrialData, tracking: Mapping[st
             ``stopped_at_epoch``, ``stop_reason``).
     """
     ctx = tune.get_context()
-    tracker = MlflowTracker(tracking["tracking_uri"], tracking["experiment_id"], tracking["parent_run_id"])
+    tracker = MlflowTracker(tracking["tracking_uri"], tracking["experiment_id"], tracking["parent_run_id"],
+                            system_metrics=tracking.get("system_metrics", False))
     attempt_tags: dict[str, str] = {}
     if tracking.get("earlier_attempts") is not None:
         finished, attempt_tags = tracking["earlier_attempts"](tracker.client, ctx.get_trial_id())

@@ -202,6 +202,16 @@ def test_trial_saves_one_artifact_with_its_tokenizer(sst2_small, sst2_teacher, t
     assert saved_cfg["student"] == "transformer" and encoder.kind == "wordpiece"
     acc = (predict(model, encode_split(dev, encoder, saved_cfg["max_length"])).argmax(1) == dev.labels).mean() * 100
     assert acc == pytest.approx(final["accuracy"])
+    # as an MLflow pyfunc model (models-from-code; the same file inside), with the same predictions
+    import mlflow.pyfunc
+    import pandas as pd
+
+    from trainables.serving import save_pyfunc
+
+    assert tracker.models[0]["name"] == "transformer"
+    pyfunc = mlflow.pyfunc.load_model(str(save_pyfunc(path, tmp_path / "pyfunc")))
+    labels = pyfunc.predict(pd.DataFrame({"text": dev.text_a}))["label"].to_numpy()
+    assert (labels == dev.labels).mean() * 100 == pytest.approx(final["accuracy"])
 
 
 def test_trial_distils_prunes_and_quantizes_a_transformer_student(sst2_small, sst2_teacher, tmp_path, monkeypatch):

@@ -35,6 +35,14 @@ def test_trial_metrics_artifact_and_tracking(sst2_small, tmp_path):
     assert accuracy_percent(predict(model, dev), sst2_small.dev.labels) == final["accuracy"]
     assert final["size_bytes"] == (tmp_path / "model" / "student.safetensors").stat().st_size
     assert final["compression_ratio"] == pytest.approx(90_855_944 / final["size_bytes"])
+    # the run's datasets and its model (the final student file, with the final metrics)
+    assert [(d.context, d.data_hash) for d in tracker.datasets] == \
+        [("train", sst2_small.train.data_hash), ("validation", sst2_small.val.data_hash),
+         ("dev", sst2_small.dev.data_hash)]
+    (model,) = tracker.models
+    assert model["name"] == "ffn-hash" and model["step"] == epochs + 1
+    assert model["student_path"] == str(tmp_path / "model" / "student.safetensors")
+    assert tracker.model_metrics["memory-model-1"]["accuracy"] == final["accuracy"]
 
 
 def test_estimate_meter_is_labelled(sst2_small, tmp_path):
