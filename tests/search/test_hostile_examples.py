@@ -196,8 +196,10 @@ def test_credentials_are_masked_in_errors_logs_and_the_options_tag(tmp_path, sea
     from spaces import load_space
 
     uri = "http://bob:hunter2@mlflow.example:5000"
-    plan = Plan(SearchOptions(tracking_uri=uri), "sst2", load_space(FAST_SPACE), {"accuracy": "max"}, "t", uri, None)
-    assert "hunter2" not in json.dumps(recorded_options(plan)) and "bob:***@" in json.dumps(recorded_options(plan))
+    options = SearchOptions(tracking_uri=uri, optuna_storage="postgresql://fw:hunter2@db.example/optuna")
+    plan = Plan(options, "sst2", load_space(FAST_SPACE), {"accuracy": "max"}, "t", uri, None)
+    recorded = json.dumps(recorded_options(plan))
+    assert "hunter2" not in recorded and "bob:***@" in recorded and "fw:***@db.example" in recorded
     # log records through the CLI's handler
     record = logging.LogRecord("x", logging.WARNING, __file__, 1, "retrying %s", (uri,), None)
     run_search._MaskCredentials().filter(record)
