@@ -24,7 +24,7 @@ import socket
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from unittest import mock
 
@@ -68,7 +68,8 @@ def _deadline(seconds: float, case: object):
 
 PATCHES = ("search.tuner.load_trial_data", "search.tuner.connect", "search.cluster.connect",
            "search.server.os.execv", "search.replay.build_trial_data",
-           "trainables.data.teacher.finetune_teacher", "analysis.report._tag_ranks", "analysis.export._model_uri")
+           "trainables.data.teacher.finetune_teacher", "analysis.report._tag_ranks",
+           "analysis.export._config_from_params")
 
 
 def _main(argv: list[str], capfd, work: Path) -> tuple[object, str, str]:
@@ -77,19 +78,15 @@ def _main(argv: list[str], capfd, work: Path) -> tuple[object, str, str]:
     cwd = os.getcwd()
     os.chdir(work)
     try:
-        with _deadline(CASE_TIMEOUT_S, argv):
-            patches = [mock.patch(p, _sentinel) for p in PATCHES]
-            for p in patches:
-                p.start()
+        with _deadline(CASE_TIMEOUT_S, argv), ExitStack() as stack:
+            for target in PATCHES:
+                stack.enter_context(mock.patch(target, _sentinel))
             try:
                 code: object = run_search.main(argv)
             except Validated:
                 code = "validated"
             except SystemExit as e:  # argparse's --help
                 code = f"exit {e.code}"
-            finally:
-                for p in patches:
-                    p.stop()
     except Exception as e:
         raise AssertionError(f"{type(e).__name__} escaped for argv {argv!r}: {e}") from e
     finally:
