@@ -32,7 +32,7 @@ from search.cluster import check_launch, connect, experiment_path, joins_cluster
 from search.validate import check_search_options, check_space
 from spaces import DEFAULT_OBJECTIVES, ENERGY_OBJECTIVES, Space, load_space, parse_objectives
 from trainables.config import check_value, parse_stages
-from trainables.data.glue import check_task, local_split_path, validation_rows
+from trainables.data.glue import check_task, check_validation_options, local_split_path
 from trainables.errors import ConfigError
 from trainables.untrusted import mask_credentials, safe_name
 
@@ -141,7 +141,7 @@ def plan_search(opts: SearchOptions) -> Plan:
     if opts.cpus_per_trial <= 0 or opts.gpus_per_trial < 0 or opts.max_failures < 0:
         raise ConfigError("--cpus-per-trial must be > 0, --gpus-per-trial and --max-failures >= 0")
     check_value("seed", opts.seed, "--seed")
-    validation_rows(1_000_000, opts.val_fraction, opts.val_size)  # the flags' own bounds, before any data loads
+    check_validation_options(opts.val_fraction, opts.val_size)
     if opts.scheduler not in SCHEDULERS:
         raise ConfigError(f"--scheduler {opts.scheduler!r} is not allowed; allowed: {', '.join(SCHEDULERS)}")
     if not (isinstance(opts.reduction_factor, (int, float)) and math.isfinite(opts.reduction_factor)
@@ -432,7 +432,7 @@ def run_search(opts: SearchOptions) -> pd.DataFrame:
                 "scheduler": opts.scheduler, "reduction_factor": opts.reduction_factor,
                 "grace_period": opts.grace_period, "time_budget_s": opts.time_budget_s or "",
                 "hypervolume_reference": ",".join(f"{v:.6g}" for v in reference),
-                "study_name": tune_name, "optuna_storage": optuna_url},
+                "study_name": tune_name, "optuna_storage": mask_credentials(optuna_url)},
         tags={"search_id": search_id, "git_commit": _git_commit(), "data_hash": data.train.data_hash,
               "val_data_hash": data.val.data_hash,
               "teacher_id": data.teacher_id, "sampler": opts.sampler,
@@ -442,14 +442,15 @@ def run_search(opts: SearchOptions) -> pd.DataFrame:
         client.log_artifact(parent_id, opts.space, "space")
         storage = optuna_store.prepare_search_study(
             optuna_url, tune_name, plan.objectives,
-            {"mlflow_tracking_uri": plan.tracking_uri, "mlflow_experiment_id": experiment_id,
+            {"mlflow_tracking_uri": mask_credentials(plan.tracking_uri), "mlflow_experiment_id": experiment_id,
              "mlflow_parent_run_id": parent_id, "search_id": search_id})
     except Exception:
         mlflow_store.close_search(client, experiment_id, parent_id, "FAILED", {})
         raise
     uri = mask_credentials(plan.tracking_uri)
     print(f"MLflow: experiment {opts.experiment!r} (id {experiment_id}), parent run {parent_id} in {uri}", flush=True)
-    print(f"Optuna: study {tune_name!r} in {optuna_url} (optuna-dashboard {optuna_url})", flush=True)
+    print(f"Optuna: study {tune_name!r} in {mask_credentials(optuna_url)} (optuna-dashboard "
+          f"{mask_credentials(optuna_url)})", flush=True)
     print(f"Ray Tune: experiment state in {tune_path} (resume with: python run_search.py resume --experiment "
           f"{shlex.quote(opts.experiment)} --tracking-uri {shlex.quote(uri)} --storage-path "
           f"{shlex.quote(str(Path(tune_path).parent))})", flush=True)
@@ -508,6 +509,8 @@ def recorded_options(plan: Plan) -> dict[str, Any]:
     for key in ("data_dir", "cache_dir"):
         if opts[key]:
             opts[key] = str(Path(opts[key]).expanduser().absolute())
+    if opts.get("optuna_storage"):  # a tag anyone with the store can read: no database password in it
+        opts["optuna_storage"] = mask_credentials(opts["optuna_storage"])
     return opts
 
 

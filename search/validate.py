@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import types
 import typing
 from collections.abc import Mapping
 from dataclasses import fields, replace
@@ -141,9 +142,9 @@ def _field_types(options_class: type) -> dict[str, tuple[type, ...]]:
     hints = typing.get_type_hints(options_class)
     out: dict[str, tuple[type, ...]] = {}
     for f in fields(options_class):
-        args = typing.get_args(hints[f.name]) or (hints[f.name],)
-        kinds = tuple(typing.get_origin(a) or a for a in args)
-        out[f.name] = tuple(type(None) if k is type(None) else k for k in kinds)
+        hint = hints[f.name]
+        members = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+        out[f.name] = tuple(typing.get_origin(m) or m for m in members)  # dict[str, Any] -> dict
     return out
 
 

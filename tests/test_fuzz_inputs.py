@@ -68,7 +68,8 @@ def _deadline(seconds: float, case: object):
 
 PATCHES = ("search.tuner.load_trial_data", "search.tuner.connect", "search.cluster.connect",
            "search.server.os.execv", "search.replay.build_trial_data",
-           "trainables.data.teacher.finetune_teacher", "analysis.report._tag_ranks", "analysis.export._student_uri")
+           "trainables.data.teacher.finetune_teacher", "analysis.report._tag_ranks",
+           "analysis.export._config_from_params")
 
 
 def _main(argv: list[str], capfd, work: Path) -> tuple[object, str, str]:
@@ -77,16 +78,15 @@ def _main(argv: list[str], capfd, work: Path) -> tuple[object, str, str]:
     cwd = os.getcwd()
     os.chdir(work)
     try:
-        with _deadline(CASE_TIMEOUT_S, argv):
-            with ExitStack() as stack:  # every patch is undone, also when a later one cannot start
-                for target in PATCHES:
-                    stack.enter_context(mock.patch(target, _sentinel))
-                try:
-                    code: object = run_search.main(argv)
-                except Validated:
-                    code = "validated"
-                except SystemExit as e:  # argparse's --help
-                    code = f"exit {e.code}"
+        with _deadline(CASE_TIMEOUT_S, argv), ExitStack() as stack:
+            for target in PATCHES:
+                stack.enter_context(mock.patch(target, _sentinel))
+            try:
+                code: object = run_search.main(argv)
+            except Validated:
+                code = "validated"
+            except SystemExit as e:  # argparse's --help
+                code = f"exit {e.code}"
     except Exception as e:
         raise AssertionError(f"{type(e).__name__} escaped for argv {argv!r}: {e}") from e
     finally:
@@ -189,17 +189,19 @@ def _typed(key: str, raw: str) -> object:
 
 def _resumable_searches(store, rng: random.Random) -> None:
     """An experiment ``res`` whose searches record fuzzed options (tag) and Tune folders (param)."""
+    from dataclasses import asdict
+
     from analysis.store import OPTIONS_TAG, ROLE_TAG
+    from search.tuner import SearchOptions
 
     exp = store.experiment("res")
-    good = {"task": "sst2", "space": str(FAST_SPACE), "num_samples": 2, "experiment": "res", "seed": 0}
+    good = asdict(SearchOptions(space=str(FAST_SPACE), num_samples=2, experiment="res", overrides={"epochs": 1}))
     for i in range(12):
         options = dict(good)
         for _ in range(rng.randint(0, 3)):
-            options[rng.choice(sorted(good) + ["max_concurrent", "address", "overrides", "cpus_per_trial",
-                                               "bogus"])] = rng.choice(
-                [None, "x", -1, 1e300, float("nan"), [1], {"a": 1}, True, "1", "auto", "127.0.0.1:1"])
-        tag = rng.choice([json.dumps(options), "not json", "[1]", json.dumps(options)[:-3], "{}"])
+            options[rng.choice(sorted(good) + ["bogus"])] = rng.choice(
+                [None, "x", -1, 1e300, float("nan"), [1], {"a": 1}, {"lr": [1]}, True, "1", "auto", "127.0.0.1:1"])
+        tag = rng.choice([json.dumps(options)] * 3 + ["not json", "[1]", json.dumps(options)[:-3], "{}"])
         run = store.client.create_run(exp, run_name=f"search-r{i}",
                                       tags={ROLE_TAG: "search", "search_id": f"r{i}", OPTIONS_TAG: tag[:5000]})
         path = rng.choice(["/tmp/ray_results/res-r", "", "..", "/", "s3://b/k", "/tmp/x/../../etc"])

@@ -206,7 +206,7 @@ def test_cluster_search_spreads_trials_retries_a_dead_worker_and_serves_artifact
                           env=cluster.env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert not cluster.crash_marker.exists(), "the crash hook never fired"
-    assert "Pareto front over accuracy (max), size_bytes (min)" in proc.stdout
+    assert "Pareto front over val_accuracy (max), size_bytes (min)" in proc.stdout
 
     client = MlflowClient(cluster.tracking_uri)
     exp, parents, children = _runs(client, "cluster")
@@ -288,6 +288,6 @@ def test_killed_driver_is_resumed_without_duplicates(cluster, tmp_path, glue_dir
     assert url.startswith(f"sqlite:///{tmp_path}/ray_results/") and url.endswith("/optuna.db")
     study = load_search_study(parents[0])
     states = Counter(t.state.name for t in study.trials)
-    values = {(r.data.metrics["accuracy"], r.data.metrics["size_bytes"]) for r in finished}
+    values = {(r.data.metrics["val_accuracy"], r.data.metrics["size_bytes"]) for r in finished}
     assert {tuple(t.values) for t in study.trials if t.state.name == "COMPLETE"} <= values
     assert states["COMPLETE"] >= n - 1 and states["COMPLETE"] + states["FAIL"] >= n, states

@@ -196,8 +196,10 @@ def test_credentials_are_masked_in_errors_logs_and_the_options_tag(tmp_path, sea
     from spaces import load_space
 
     uri = "http://bob:hunter2@mlflow.example:5000"
-    plan = Plan(SearchOptions(tracking_uri=uri), "sst2", load_space(FAST_SPACE), {"accuracy": "max"}, "t", uri, None)
-    assert "hunter2" not in json.dumps(recorded_options(plan)) and "bob:***@" in json.dumps(recorded_options(plan))
+    options = SearchOptions(tracking_uri=uri, optuna_storage="postgresql://fw:hunter2@db.example/optuna")
+    plan = Plan(options, "sst2", load_space(FAST_SPACE), {"accuracy": "max"}, "t", uri, None)
+    recorded = json.dumps(recorded_options(plan))
+    assert "hunter2" not in recorded and "bob:***@" in recorded and "fw:***@db.example" in recorded
     # log records through the CLI's handler
     record = logging.LogRecord("x", logging.WARNING, __file__, 1, "retrying %s", (uri,), None)
     run_search._MaskCredentials().filter(record)
@@ -240,9 +242,14 @@ def test_resume_checks_the_record_and_restores_only_a_named_folder(store, tmp_pa
     from search.resume import trusted_tune_path
 
     exp = store.experiment("res")
-    tags = {"b0": '{"num_samples": "abc"}', "b1": "not json", "b2": "[1]", "b3": json.dumps(
-        {"task": "sst2", "space": str(FAST_SPACE), "num_samples": 2, "experiment": "res", "data_dir": str(glue_dir),
-         "teacher": str(sst2_teacher)})}
+    from dataclasses import asdict
+
+    from search.tuner import SearchOptions
+
+    recorded = asdict(SearchOptions(space=str(FAST_SPACE), num_samples=2, experiment="res", data_dir=str(glue_dir),
+                                    teacher=str(sst2_teacher), overrides={"epochs": 1}))  # as a search records them
+    tags = {"b0": '{"num_samples": "abc"}', "b1": "not json", "b2": "[1]", "b3": json.dumps(recorded),
+            "b4": json.dumps({**recorded, "overrides": [1]})}
     for sid, tag in tags.items():
         run = store.client.create_run(exp, run_name=f"search-{sid}", tags={ROLE_TAG: "search", "search_id": sid,
                                                                             OPTIONS_TAG: tag})
@@ -254,6 +261,7 @@ def test_resume_checks_the_record_and_restores_only_a_named_folder(store, tmp_pa
     _refused(_main(base + ["b0"], capfd, work), "'num_samples' = 'abc' must be of type int")
     _refused(_main(base + ["b1"], capfd, work), "is not a JSON object")
     _refused(_main(base + ["b2"], capfd, work), "is not a JSON object")
+    _refused(_main(base + ["b4"], capfd, work), "'overrides' = [1] must be of type dict")
     line = _refused(_main(base + ["b3"], capfd, work), "loading it runs code",
                     f"pass --storage-path {tmp_path / 'ray'} to confirm")
     assert "--trust-recorded-storage" in line

@@ -233,7 +233,7 @@ def test_ray_client_address_runs_the_search(head, tmp_path, glue_dir, sst2_teach
     proc = subprocess.run(_search(tmp_path, glue_dir, sst2_teacher, "rayclient", "--address", head.client),
                           cwd=tmp_path, env=head.env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-4000:]
-    assert re.search(r"Pareto front over accuracy \(max\), size_bytes \(min\): [12] of 2 finished trials", proc.stdout)
+    assert re.search(r"Pareto front over val_accuracy \(max\), size_bytes \(min\): [12] of 2 finished trials", proc.stdout)
     parent = _assert_parent_and_finished_trials(tmp_path, "rayclient")
     assert parent.data.params["address"] == head.client
 

@@ -117,6 +117,18 @@ class Split:
 DEFAULT_VAL_FRACTION = 0.05
 
 
+def check_validation_options(fraction: float, size: int) -> None:
+    """Check ``val_fraction`` (in (0, 0.5]) and ``val_size`` (a whole number >= 0) before any data loads.
+
+    Raises:
+        ConfigError: a value outside those bounds.
+    """
+    if isinstance(fraction, bool) or not (isinstance(fraction, (int, float)) and 0 < fraction <= 0.5):
+        raise ConfigError(f"val_fraction must be in (0, 0.5], got {fraction!r}")
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 0:
+        raise ConfigError(f"val_size must be a whole number >= 0, got {size!r}")
+
+
 def validation_rows(n: int, fraction: float = DEFAULT_VAL_FRACTION, size: int = 0, seed: int = 0
                     ) -> tuple[np.ndarray, np.ndarray]:
     """Split ``n`` training rows into ``(train rows, validation rows)``, both sorted.
@@ -134,10 +146,7 @@ def validation_rows(n: int, fraction: float = DEFAULT_VAL_FRACTION, size: int = 
         >>> len(train), len(val), sorted(set(train) | set(val)) == list(range(10))
         (8, 2, True)
     """
-    if not (isinstance(fraction, (int, float)) and 0 < fraction <= 0.5):
-        raise ConfigError(f"val_fraction must be in (0, 0.5], got {fraction!r}")
-    if not isinstance(size, (int, np.integer)) or size < 0:
-        raise ConfigError(f"val_size must be a whole number >= 0, got {size!r}")
+    check_validation_options(fraction, size)
     k = int(size) if size else max(1, int(round(fraction * n)))
     if k >= n:
         raise ConfigError(f"a validation split of {k} rows leaves no training row of {n}; lower val_size/val_fraction")
