@@ -550,6 +550,10 @@ def execute_search(plan: Plan, data: Any, client: Any, experiment_id: str, paren
     # (so that it never names a deleted checkpoint) and warns when saves come within 5 s, which
     # short epochs do; the state is a few small files, so the warning is noise here
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # an epoch's report carries the per-epoch metrics (val_accuracy, size_bytes...), the final one every
+    # objective; objectives measured only on the saved student (accuracy on dev, latency_ms...) are not in
+    # the epoch reports, which the multi-objective searcher ignores anyway (it reads the final result)
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     status, errors = "FAILED", {}
     try:
         connect(opts.address, opts.runtime_env, opts.ray_dashboard)
