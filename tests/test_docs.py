@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 PAGES = [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]
 # statements about how the project was built, not about the software
-BUILD_HISTORY = re.compile(r"was lent|issue [0-9]|this (cpu )?box|sessions? that", re.IGNORECASE)
+BUILD_HISTORY = re.compile(r"was\s+lent|issue [0-9]|this (cpu )?box|sessions? that", re.IGNORECASE)
 # [text](target) and [text]: target; images too
 LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)|^\s*\[[^\]]+\]:\s*(\S+)", re.MULTILINE)
 FENCE = re.compile(r"^\s*```.*?^\s*```", re.MULTILINE | re.DOTALL)
