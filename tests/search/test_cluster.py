@@ -16,47 +16,24 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from tests.search.local_processes import free_port as _free_port
+from tests.search.local_processes import kill_processes_mentioning as _kill_processes_mentioning
+from tests.search.local_processes import port_open as _port_open
+from tests.search.local_processes import wait as _wait
+
 ROOT = Path(__file__).resolve().parents[2]
 FAST_SPACE = Path(__file__).with_name("fast.yaml")
 CRASH_HOOK = Path(__file__).with_name("crash_hook")
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait(predicate, timeout_s: float, what: str, procs=()):
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        for p in procs:
-            if p.poll() is not None:
-                raise AssertionError(f"{what}: process {p.args[:4]} exited with {p.returncode}")
-        if predicate():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-
-
-def _port_open(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
 
 
 def _healthy(url: str) -> bool:
@@ -151,22 +128,6 @@ pkg, cwd = ray.get(where.remote())
 assert pkg == cwd and "runtime_resources" in pkg and "working_dir" in pkg, (pkg, cwd)
 print(f"nodes={sum(n['Alive'] for n in ray.nodes())} code={pkg}")
 """
-
-
-def _kill_processes_mentioning(text: str) -> None:
-    """SIGKILL the processes whose command line contains ``text`` (a temp dir only this test created)."""
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if text in cmdline:
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
 
 
 @pytest.fixture(scope="module")

@@ -38,54 +38,17 @@ from pathlib import Path
 
 import pytest
 
+from tests.search.local_processes import free_port as _free_port
+from tests.search.local_processes import kill_processes_mentioning as _kill_processes_mentioning
+from tests.search.local_processes import port_open as _port_open
+from tests.search.local_processes import wait as _wait
+
 ROOT = Path(__file__).resolve().parents[2]
 FAST_SPACE = Path(__file__).with_name("fast.yaml")
 RAY_CLI = [sys.executable, "-m", "ray.scripts.scripts"]  # the `ray` command of this interpreter
 # top-level modules that only the cluster extra (ray[default,client]) installs
 CLUSTER_EXTRA_MODULES = ("aiohttp_cors", "colorful", "distlib", "grpc", "opencensus", "prometheus_client",
                          "smart_open", "virtualenv")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _port_open(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
-
-
-def _wait(predicate, timeout_s: float, what: str, procs=()) -> None:
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        for p in procs:
-            if p.poll() is not None:
-                raise AssertionError(f"{what}: process {p.args[:5]} exited with {p.returncode}")
-        if predicate():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-
-
-def _kill_processes_mentioning(text: str) -> None:
-    """SIGKILL the processes whose command line contains ``text`` (a temp folder only this module made)."""
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if text in cmdline:
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
 
 
 def _stop(procs: list[subprocess.Popen], temp_dir: Path) -> None:
