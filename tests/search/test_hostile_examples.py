@@ -50,7 +50,7 @@ def _main(argv, capfd, cwd: Path, load_data: bool = False):
     return code, out, err, time.perf_counter() - start
 
 
-def _refused(result, *fragments: str, seconds: float = 20.0):
+def check_refused(result, *fragments: str, seconds: float = 20.0):
     code, out, err, took = result
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (code, err[-2000:])
@@ -92,10 +92,10 @@ def test_yaml_alias_bombs_are_refused_in_seconds(tmp_path, search_args, capfd):
     work = tmp_path / "work"
     work.mkdir()
     search_args = [a if a != str(FAST_SPACE) else str(space) for a in search_args]
-    _refused(_main(search_args, capfd, work), "found the alias *a; YAML aliases are not allowed", seconds=5)
+    check_refused(_main(search_args, capfd, work), "found the alias *a; YAML aliases are not allowed", seconds=5)
     export = tmp_path / "in" / "export.yaml"
     export.write_text("config: {student: ffn}\n" + BOMB.replace("i: &i", "source_run_id: &i"))
-    _refused(_main(["replay", str(export)], capfd, work), "YAML aliases are not allowed", seconds=5)
+    check_refused(_main(["replay", str(export)], capfd, work), "YAML aliases are not allowed", seconds=5)
     assert _empty(work)
 
 
@@ -111,17 +111,17 @@ def test_teacher_options_and_data_files(tmp_path, glue_dir, sst2_teacher, bad_da
              (["--out", str(tmp_path / "a-file")], "is a file"),
              (["--max-length", "0"], "--max-length")]
     for extra, fragment in cases:
-        _refused(_main(base + extra, capfd, work), fragment)
+        check_refused(_main(base + extra, capfd, work), fragment)
     train = "SST-2/train.tsv"
     for name, fragment in (("header", f"{train}: no data rows"), ("empty", f"{train}: the file is empty"),
                            ("latin", f"{train}: line 3: not UTF-8"), ("labels", f"{train}: line 3: label 'positive'"),
                            ("range", f"{train}: line 2: label '7' is not one of 0..1")):
         data = ["teacher", "--task", "sst2", "--data-dir", str(bad_data[name]), "--max-train-examples", "10"]
-        _refused(_main(data, capfd, work), fragment)
+        check_refused(_main(data, capfd, work), fragment)
         # the search reads them with the same reader, in the driver, before anything is written or Ray starts
         search = ["search", "--task", "sst2", "--data-dir", str(bad_data[name]), "--teacher", str(sst2_teacher),
                   "--num-samples", "1", "--space", str(FAST_SPACE)]
-        _refused(_main(search, capfd, work, load_data=True), fragment)
+        check_refused(_main(search, capfd, work, load_data=True), fragment)
     assert _empty(work)
 
 
@@ -145,12 +145,12 @@ def test_cross_key_rules_are_checked_before_ray(space, fragment, tmp_path, searc
     work = tmp_path / "work"
     work.mkdir()
     argv = [a if a != str(FAST_SPACE) else str(path) for a in search_args]
-    _refused(_main(argv, capfd, work), str(path), fragment)
+    check_refused(_main(argv, capfd, work), str(path), fragment)
     assert _empty(work)
 
 
 def test_cross_key_rules_over_set_values(tmp_path, search_args, capfd):
-    line = _refused(_main(search_args + ["--set", "stages=distill,quantize", "--set", "bits_encoder=9"], capfd, tmp_path),
+    line = check_refused(_main(search_args + ["--set", "stages=distill,quantize", "--set", "bits_encoder=9"], capfd, tmp_path),
                     "with --set stages=distill,quantize, bits_encoder=9")
     assert "'bits_encoder' = 9 is not allowed" in line and _empty(tmp_path)
 
@@ -168,7 +168,7 @@ def test_cross_key_rules_over_set_values(tmp_path, search_args, capfd):
     (["--data-dir", "~no-such-user-here/glue"], "cannot expand '~no-such-user-here'"),
 ])
 def test_search_options(extra, fragment, tmp_path, search_args, capfd):
-    _refused(_main(search_args + extra, capfd, tmp_path), fragment)
+    check_refused(_main(search_args + extra, capfd, tmp_path), fragment)
     assert _empty(tmp_path)
 
 
@@ -176,8 +176,8 @@ def test_cache_dir_that_is_a_file_and_a_sqlite_path_that_is_no_database(tmp_path
     work = tmp_path / "work"
     work.mkdir()
     (tmp_path / "a-file").write_text("not a database")
-    _refused(_main(search_args + ["--cache-dir", str(tmp_path / "a-file")], capfd, work), "is a file")
-    _refused(_main(search_args + ["--tracking-uri", f"sqlite:///{tmp_path / 'a-file'}"], capfd, work),
+    check_refused(_main(search_args + ["--cache-dir", str(tmp_path / "a-file")], capfd, work), "is a file")
+    check_refused(_main(search_args + ["--tracking-uri", f"sqlite:///{tmp_path / 'a-file'}"], capfd, work),
              "is not an SQLite database")
     assert _empty(work)
 
@@ -188,7 +188,7 @@ def test_credentials_are_masked_in_errors_logs_and_the_options_tag(tmp_path, sea
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    line = _refused(_main(search_args + ["--tracking-uri", f"http://bob:hunter2@127.0.0.1:{port}"], capfd, tmp_path),
+    line = check_refused(_main(search_args + ["--tracking-uri", f"http://bob:hunter2@127.0.0.1:{port}"], capfd, tmp_path),
                     f"http://bob:***@127.0.0.1:{port} is unreachable")
     assert "hunter2" not in line
     # the parent run's options tag (what resume reads) and the printed notes
@@ -258,15 +258,15 @@ def test_resume_checks_the_record_and_restores_only_a_named_folder(store, tmp_pa
     work = tmp_path / "work"
     work.mkdir()
     base = ["resume", "--experiment", "res", "--tracking-uri", store.uri, "--search-id"]
-    _refused(_main(base + ["b0"], capfd, work), "'num_samples' = 'abc' must be of type int")
-    _refused(_main(base + ["b1"], capfd, work), "is not a JSON object")
-    _refused(_main(base + ["b2"], capfd, work), "is not a JSON object")
-    _refused(_main(base + ["b4"], capfd, work), "'overrides' = [1] must be of type dict")
-    line = _refused(_main(base + ["b3"], capfd, work), "loading it runs code",
+    check_refused(_main(base + ["b0"], capfd, work), "'num_samples' = 'abc' must be of type int")
+    check_refused(_main(base + ["b1"], capfd, work), "is not a JSON object")
+    check_refused(_main(base + ["b2"], capfd, work), "is not a JSON object")
+    check_refused(_main(base + ["b4"], capfd, work), "'overrides' = [1] must be of type dict")
+    line = check_refused(_main(base + ["b3"], capfd, work), "loading it runs code",
                     f"pass --storage-path {tmp_path / 'ray'} to confirm")
     assert "--trust-recorded-storage" in line
     # with the folder named, the search is planned; its Tune state is not there
-    _refused(_main(base + ["b3", "--storage-path", str(tmp_path / "elsewhere")], capfd, work),
+    check_refused(_main(base + ["b3", "--storage-path", str(tmp_path / "elsewhere")], capfd, work),
              f"no Tune experiment state at {tmp_path / 'elsewhere' / 'res-b3'}")
     assert _store_state(store.client) == before and _empty(work)
     parent = store.client.search_runs([exp], "tags.search_id = 'b3'")[0]
@@ -281,10 +281,10 @@ def test_analyze_and_export_check_before_writing_and_keep_derived_folders_inside
     work.mkdir()
     (work / "a-file").write_text("x")
     analyze = ["analyze", "--experiment", "fw", "--tracking-uri", store.uri]
-    _refused(_main(analyze + ["--reference", "nan,1"], capfd, work), "finite numbers")
-    _refused(_main(analyze + ["--reference", "1,2,3"], capfd, work), "has 3 values, need one per objective (2)")
-    _refused(_main(analyze + ["--out", str(work / "a-file")], capfd, work), "is a file")
-    _refused(_main(["export", "--experiment", "fw", "--tracking-uri", store.uri, "--select", "pareto", "--out",
+    check_refused(_main(analyze + ["--reference", "nan,1"], capfd, work), "finite numbers")
+    check_refused(_main(analyze + ["--reference", "1,2,3"], capfd, work), "has 3 values, need one per objective (2)")
+    check_refused(_main(analyze + ["--out", str(work / "a-file")], capfd, work), "is a file")
+    check_refused(_main(["export", "--experiment", "fw", "--tracking-uri", store.uri, "--select", "pareto", "--out",
                     str(work / "a-file" / "x")], capfd, work), "not a writable folder")
     assert _store_state(store.client) == before and sorted(p.name for p in work.iterdir()) == ["a-file"]
     # an experiment named like a path: the derived folders stay under ./exports and ./reports
@@ -302,10 +302,10 @@ def test_analyze_and_export_check_before_writing_and_keep_derived_folders_inside
 def test_replay_of_a_file_that_is_not_utf8(tmp_path, capfd):
     path = tmp_path / "export.yaml"
     path.write_bytes(b"config: {student: ffn}\nsource_run_id: abc\n\xff\xfe\n")
-    _refused(_main(["replay", str(path)], capfd, tmp_path), "is not UTF-8 text")
+    check_refused(_main(["replay", str(path)], capfd, tmp_path), "is not UTF-8 text")
     masked = tmp_path / "masked.yaml"
     masked.write_text("config: {student: ffn}\nsource_run_id: abc\ntracking_uri: http://bob:***@host:5000\n")
-    _refused(_main(["replay", str(masked)], capfd, tmp_path), "has its password masked; pass --tracking-uri")
+    check_refused(_main(["replay", str(masked)], capfd, tmp_path), "has its password masked; pass --tracking-uri")
 
 
 @pytest.mark.parametrize("argv_tail", [

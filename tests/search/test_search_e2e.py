@@ -81,7 +81,8 @@ def test_search_tracks_every_trial_and_prints_the_pareto_front(tmp_path, glue_di
     for run in children:
         assert len(run.outputs.model_outputs) == 1
         assert {i.dataset.name: i.dataset.digest for i in run.inputs.dataset_inputs} == \
-            {"sst2-train": run.data.tags["data_hash"][:36], "sst2-dev": run.data.tags["dev_data_hash"][:36]}
+            {"sst2-train": run.data.tags["data_hash"][:36], "sst2-validation": run.data.tags["val_data_hash"][:36],
+             "sst2-dev": run.data.tags["dev_data_hash"][:36]}
         assert "system/system_memory_usage_megabytes" in run.data.metrics
         assert 0 < run.data.metrics["model_log_time_s"] < 60
 
