@@ -135,11 +135,6 @@ def plan_search(opts: SearchOptions) -> Plan:
     task = check_task(opts.task)
     if opts.sampler not in SAMPLERS:
         raise ConfigError(f"--sampler {opts.sampler!r} is not allowed; allowed: {', '.join(SAMPLERS)}")
-    for name in ("num_samples", "max_concurrent"):
-        if getattr(opts, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(opts, name)}")
-    if opts.cpus_per_trial <= 0 or opts.gpus_per_trial < 0 or opts.max_failures < 0:
-        raise ConfigError("--cpus-per-trial must be > 0, --gpus-per-trial and --max-failures >= 0")
     check_value("seed", opts.seed, "--seed")
     check_validation_options(opts.val_fraction, opts.val_size)
     if opts.scheduler not in SCHEDULERS:
