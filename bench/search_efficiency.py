@@ -45,6 +45,7 @@ Usage:
     python -m bench.search_efficiency --quick     # 2 repetitions x 8 trials x 5 methods + scale
     python -m bench.search_efficiency             # 3 repetitions x 30 trials x 5 methods + scale
     python -m bench.search_efficiency --methods random+fifo,tpe+moasha --seeds 0 --trials 4 --no-scale
+    python -m bench.search_efficiency --results-dir DIR  # keeps each finished search; run again to continue
 """
 
 from __future__ import annotations
@@ -190,6 +191,56 @@ def syne_tune_search(args, seed: int, trials: int, workdir: Path) -> dict:
     return {"trials": trials_df, "wall_s": wall}
 
 
+def settings_key(args, trials: int) -> dict:
+    """The options that make two runs' searches comparable; a results folder holds one set of them."""
+    return {"space": str(Path(args.space).resolve()), "trials": trials, "data_dir": str(Path(args.data_dir).resolve()),
+            "teacher": str(Path(args.teacher).resolve()), "reduction_factor": args.reduction_factor,
+            "grace_period": args.grace_period, "overrides": sorted(args.overrides)}
+
+
+class SearchResults:
+    """Finished searches kept in a folder: ``<method>-seed<r>-c<n>.csv`` (its trials) and ``.json``
+    (reference point, logged hypervolume, wall seconds), plus ``settings.json``.
+
+    Raises:
+        ConfigError: the folder holds searches made with other settings (space, trials, data,
+            teacher, rungs, overrides): reusing them would mix two benchmarks.
+    """
+
+    def __init__(self, root: Path, settings: dict):
+        from trainables.errors import ConfigError
+
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        marker = root / "settings.json"
+        if marker.exists():
+            recorded = json.loads(marker.read_text())
+            if recorded != settings:
+                raise ConfigError(f"--results-dir {root} holds searches made with other settings "
+                                  f"({recorded}); use an empty folder")
+        else:
+            marker.write_text(json.dumps(settings, indent=1))
+
+    def path(self, method: str, seed: int, concurrent: int) -> Path:
+        return self.root / f"{method.replace('+', '_')}-seed{seed}-c{concurrent}.csv"
+
+    def save(self, method: str, seed: int, concurrent: int, out: dict) -> None:
+        csv = self.path(method, seed, concurrent)
+        out["trials"].to_csv(csv.with_suffix(".part"), index=False)
+        meta = {k: v for k, v in out.items() if k != "trials"}
+        csv.with_suffix(".json").write_text(json.dumps(meta))
+        csv.with_suffix(".part").replace(csv)  # the CSV appears last: its presence means the search is whole
+
+    def load(self, method: str, seed: int, concurrent: int) -> dict | None:
+        csv = self.path(method, seed, concurrent)
+        if not csv.exists():
+            return None
+        out = json.loads(csv.with_suffix(".json").read_text())
+        trials = pd.read_csv(csv, dtype={"trial_id": str})
+        trials["early_stopped"] = trials["early_stopped"].astype(bool)
+        return {**out, "trials": trials}
+
+
 def fmt_s(x: float) -> str:
     return "not reached" if not math.isfinite(x) else f"{x:.0f}"
 
@@ -211,6 +262,9 @@ def main(argv=None):
     ap.add_argument("--no-scale", action="store_true", help="skip the 2-trials-at-a-time search")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="fix a trial-config key in every search, as run_search.py's --set")
+    ap.add_argument("--results-dir", default=None,
+                    help="keep each finished search's trials here (CSV + JSON) and reuse those already there, "
+                         "so an interrupted run continues where it stopped (default: not kept)")
     args = ap.parse_args(argv)
     seeds = args.seeds or ([0, 1] if args.quick else [0, 1, 2])
     trials = args.trials or (8 if args.quick else 30)
@@ -230,6 +284,7 @@ def main(argv=None):
                                       cache_dir=args.cache_dir, storage_path=storage, scheduler=scheduler,
                                       reduction_factor=args.reduction_factor, grace_period=args.grace_period,
                                       cpu_watts_per_core=1.0, overrides=parse_overrides(args.overrides)))
+    kept = SearchResults(Path(args.results_dir), settings_key(args, trials)) if args.results_dir else None
     not_run: dict[str, str] = {}
     if SYNE_TUNE in methods:
         why = syne_tune_ready(args.syne_tune_python)
@@ -253,11 +308,17 @@ def main(argv=None):
                     continue
                 t0 = time.perf_counter()
                 try:
-                    if method == SYNE_TUNE:
-                        out = syne_tune_search(args, seed, trials, Path(storage))
+                    out = kept.load(method, seed, 1) if kept else None
+                    if out is None:
+                        if method == SYNE_TUNE:
+                            out = syne_tune_search(args, seed, trials, Path(storage))
+                        else:
+                            out = service_search(args, method, seed, trials, 1, storage)
+                        if kept:
+                            kept.save(method, seed, 1, out)
                     else:
-                        out = service_search(args, method, seed, trials, 1, storage)
-                        reference = reference or out["reference"]
+                        print(f"{method} seed {seed}: reusing {kept.path(method, seed, 1)}", flush=True)
+                    reference = reference or out.get("reference")
                 except (RuntimeError, OSError) as e:  # the peer's failure must not lose the service's figures
                     if method != SYNE_TUNE:
                         raise
@@ -272,7 +333,11 @@ def main(argv=None):
         scale = None
         if not args.no_scale:
             t0 = time.perf_counter()
-            out = service_search(args, BASELINE, seeds[0], trials, 2, storage)
+            out = kept.load(BASELINE, seeds[0], 2) if kept else None
+            if out is None:
+                out = service_search(args, BASELINE, seeds[0], trials, 2, storage)
+                if kept:
+                    kept.save(BASELINE, seeds[0], 2, out)
             scale = out["trials"]
             searches.append({"method": BASELINE, "seed": seeds[0], "concurrent": 2, "wall_s": out["wall_s"],
                              "logged_hv": out["logged_hv"], "trials": len(scale)})
