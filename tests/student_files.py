@@ -27,8 +27,8 @@ def real_files(folder: Path) -> tuple[Path, Path]:
     from trainables.models.embeddings import HashEncoder
     from trainables.models.students import build_student
 
-    cfg = resolve_config({"student": "bilstm", "embedding": "hash", "embedding_dim": 16, "vocab_size": 16,
-                          "hash_token_space": 32, "hidden_dim": 8, "classifier_dim": 8, "dropout": 0.0,
+    cfg = resolve_config({"student": "bilstm", "embedding": "hash", "embedding_dim": 16, "vocab_size": 32,
+                          "hash_buckets": 16, "hidden_dim": 8, "classifier_dim": 8, "dropout": 0.0,
                           "bits_embedding": 16, "bits_encoder": 3, "bits_classifier": 8})
     enc = HashEncoder(32)
     torch.manual_seed(0)
@@ -185,8 +185,8 @@ def tiny_huge_packed(path: Path) -> Path:
     from trainables.models.embeddings import HashEncoder
     from trainables.models.students import build_student
 
-    cfg = resolve_config({"student": "ffn", "embedding": "hash", "vocab_size": 1_000_000, "embedding_dim": 4096,
-                          "hash_token_space": 16, "hidden_dim": 1})
+    cfg = resolve_config({"student": "ffn", "embedding": "hash", "vocab_size": 16, "embedding_dim": 4096,
+                          "hash_buckets": 1_000_000, "hidden_dim": 1})
     enc = HashEncoder(16)
     with torch.device("meta"):
         skeleton = build_student(cfg, enc, 2, False, init_pretrained=False)

@@ -58,11 +58,13 @@ PARAMS: dict[str, Param] = {
     "student": Param("str", "bilstm", STUDENTS, help="student architecture"),
     "embedding": Param("str", "bpe", EMBEDDINGS, help="token embedding type"),
     "embedding_dim": Param("int", 100, low=1, high=4096, help="embedding dimension"),
-    "vocab_size": Param("int", 5000, low=16, high=1_000_000,
-                        help="vocabulary size (hash: buckets; bpe: merges target; glove/char: most frequent)"),
+    "vocab_size": Param("int", 5000, low=16, high=100_000_000,
+                        help="vocabulary size (hash: ids words are hashed into, K; bpe: merges target; "
+                             "glove/char: most frequent)"),
     "hash_functions": Param("int", 2, low=1, high=16, help="k hash functions of hash embeddings"),
-    "hash_token_space": Param("int", 0, low=0, high=100_000_000,
-                              help="hash: ids words are hashed into (importance rows); 0 = 4 x vocab_size"),
+    "hash_buckets": Param("int", 0, low=0, high=100_000_000,
+                          help="hash: component vectors B shared by the K ids; 0 = vocab_size x hash_functions / "
+                               "embedding_dim (as many weights as the importance table)"),
     "hidden_dim": Param("int", None, low=0, high=8192,
                         help="encoder hidden size (default bilstm 150, rnn 100, ffn 100; transformer: 0, unused)"),
     "classifier_dim": Param("int", None, low=0, high=8192,
@@ -75,6 +77,8 @@ PARAMS: dict[str, Param] = {
     "lr": Param("float", 1e-3, low=1e-7, high=10.0, help="learning rate"),
     "weight_decay": Param("float", 0.0, low=0.0, high=1.0, help="weight decay"),
     "batch_size": Param("int", 64, low=1, high=65536, help="training batch size (examples)"),
+    "max_grad_norm": Param("float", 0.0, low=0.0, high=1e6,
+                           help="clip the gradients' global L2 norm to this before each step; 0 = no clipping"),
     "epochs": Param("int", 3, low=1, high=1000, help="maximum training epochs"),
     "patience": Param("int", 2, low=0, high=1000, help="early stopping: epochs without dev improvement; 0 = off"),
     # distillation (Featherweight thesis section 5; Hinton et al. 2015)
@@ -143,7 +147,7 @@ BITS_ALLOWED = (2, 3, 4, 5, 6, 7, 8, 16, 32)
 
 # keys that define a student's architecture and tokenizer: a trial started from an earlier
 # run's student (init_run_id) takes these from that student's saved config
-ARCHITECTURE_KEYS = ("student", "embedding", "embedding_dim", "vocab_size", "hash_functions", "hash_token_space",
+ARCHITECTURE_KEYS = ("student", "embedding", "embedding_dim", "vocab_size", "hash_functions", "hash_buckets",
                      "hidden_dim", "classifier_dim", "pooling", "max_length", "transformer_layers")
 
 #: Longest text value of a string key (characters).
@@ -184,8 +188,43 @@ def _check_value(key: str, value: Any, where: str) -> Any:
     return value
 
 
+#: Keys of earlier versions, with what replaced them (:func:`upgrade_config` translates saved configs).
+RETIRED_KEYS = {
+    "hash_token_space": "hash embeddings now read vocab_size as the ids words are hashed into (K) and "
+                        "hash_buckets as the shared component vectors (B)",
+}
+
+
+def upgrade_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A config saved by an earlier version in today's keys; other configs are returned as a copy.
+
+    Earlier hash embeddings read ``vocab_size`` as the bucket count B and ``hash_token_space``
+    (0: 4 x ``vocab_size``) as the hashed ids K. They are now ``hash_buckets`` and ``vocab_size``
+    (Svenstrup et al. 2017 name them B and K; the Featherweight thesis's "vocabulary" is K), so
+    a saved student keeps its exact shapes: ``{vocab_size: V, hash_token_space: T}`` becomes
+    ``{vocab_size: T or 4V, hash_buckets: V}``; for other embeddings the retired key is dropped.
+    """
+    out = dict(config)
+    if "hash_token_space" not in out:
+        return out
+    token_space = out.pop("hash_token_space")
+    if out.get("embedding") == "hash" and "hash_buckets" not in out:
+        buckets = int(out.get("vocab_size", PARAMS["vocab_size"].default))
+        out["hash_buckets"] = buckets
+        out["vocab_size"] = int(token_space) or 4 * buckets
+    return out
+
+
+def default_hash_buckets(vocab_size: int, hash_functions: int, embedding_dim: int) -> int:
+    """B = K k / d, at least 1: the component table (B x d) holds as many weights as the
+    importance table (K x k) (the default of Svenstrup et al.'s reference PyTorch port)."""
+    return max(1, (vocab_size * hash_functions) // embedding_dim)
+
+
 def check_key(key: str, where: str = "config") -> None:
     """Raise :class:`ConfigError` if ``key`` is not a trial-config key."""
+    if key in RETIRED_KEYS:
+        raise ConfigError(f"{where}: {key!r} is no longer a key: {RETIRED_KEYS[key]}")
     if key not in PARAMS:
         raise ConfigError(f"{where}: unknown key {key!r}; allowed: {', '.join(sorted(PARAMS))}")
 
@@ -259,7 +298,7 @@ def resolve_config(partial: Mapping[str, Any], where: str = "config") -> dict[st
         ConfigError: unknown key or invalid value (the message names key and allowed values).
     """
     cfg: dict[str, Any] = {}
-    for key, value in partial.items():
+    for key, value in upgrade_config(partial).items():
         cfg[key] = check_value(key, value, where)
     for key, spec in PARAMS.items():
         cfg.setdefault(key, spec.default)
@@ -268,8 +307,8 @@ def resolve_config(partial: Mapping[str, Any], where: str = "config") -> dict[st
         cfg["hidden_dim"] = _DEFAULT_HIDDEN[student]
     if cfg["classifier_dim"] is None:
         cfg["classifier_dim"] = _DEFAULT_CLASSIFIER[student]
-    if cfg["hash_token_space"] == 0:
-        cfg["hash_token_space"] = 4 * cfg["vocab_size"]
+    if cfg["hash_buckets"] == 0 and cfg["embedding"] == "hash":
+        cfg["hash_buckets"] = default_hash_buckets(cfg["vocab_size"], cfg["hash_functions"], cfg["embedding_dim"])
     if cfg["max_length"] == 0:
         cfg["max_length"] = 256 if cfg["embedding"] == "char" else 64
     cfg["stages"] = ",".join(parse_stages(cfg["stages"], where))

@@ -9,7 +9,9 @@ def test_resolve_fills_student_defaults_and_every_key():
     assert set(cfg) == set(PARAMS)
     assert (cfg["hidden_dim"], cfg["classifier_dim"], cfg["max_length"]) == (150, 200, 256)
     rnn = resolve_config({"student": "rnn", "vocab_size": 1000})
-    assert (rnn["hidden_dim"], rnn["classifier_dim"], rnn["max_length"], rnn["hash_token_space"]) == (100, 100, 64, 4000)
+    assert (rnn["hidden_dim"], rnn["classifier_dim"], rnn["max_length"], rnn["hash_buckets"]) == (100, 100, 64, 0)
+    ffn = resolve_config({"student": "ffn", "embedding": "hash", "embedding_dim": 25, "vocab_size": 5000})
+    assert ffn["hash_buckets"] == 5000 * 2 // 25  # B = K k / d
 
 
 def test_resolve_keeps_explicit_values_and_coerces_types():

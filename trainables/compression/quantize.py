@@ -20,7 +20,7 @@ Methods (config ``quant_method``):
   ``w'`` bit for bit.
 - ``int8_dynamic``: the weights are stored as for ``affine``, and at run time the LSTM and
   Linear modules run as torch int8 dynamic-quantized modules (int8 weights per output channel with
-  zero point 0, activations quantized per batch) through :func:`to_int8_dynamic`, the one adapter over the
+  zero point 0, activations quantized per batch) through :func:`trainables.kernels.to_int8_dynamic`, the one adapter over the
   deprecated ``torch.ao.quantization``. The weights are thus quantized twice (affine b-bit, then
   int8); use 8 bits. Elman RNNs have no dynamic int8 kernel in torch and stay float32.
 - ``fp16``: every floating-point tensor (biases too) is stored in float16 (bits keys unused).
@@ -43,7 +43,6 @@ Example:
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,6 +54,7 @@ from torch.nn.utils import parametrize
 from trainables.compression.prune import prunable_tensors
 from trainables.config import BITS_ALLOWED
 from trainables.errors import ConfigError
+from trainables.kernels import to_int8_dynamic  # noqa: F401  (re-exported: the runtime of int8_dynamic students)
 
 SCALE_DTYPE = torch.float16  # per-row scales S
 ZERO_DTYPE = torch.uint8     # per-row zero points Z (bits <= 8)
@@ -293,19 +293,3 @@ def quantize_student(model: nn.Module, config: Mapping[str, Any], train_data: An
             result.tensors[key] = q
             state[key].copy_(q.dequantize().to(state[key].device))
     return result
-
-
-def to_int8_dynamic(model: nn.Module) -> nn.Module:
-    """The one adapter over ``torch.ao.quantization`` (deprecated in torch 2.13, still working).
-
-    Returns a copy of ``model`` whose ``nn.LSTM`` and ``nn.Linear`` modules are torch dynamic
-    int8 modules (weights int8 per output channel, activations quantized per batch at run time;
-    ``per_channel_dynamic_qconfig``). Other modules (embeddings, ``nn.RNN``) are unchanged. CPU only;
-    the result has no trainable parameters and is for inference and latency measurement.
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
-        spec = {nn.LSTM: per_channel_dynamic_qconfig, nn.Linear: per_channel_dynamic_qconfig}
-        return quantize_dynamic(model, spec, dtype=torch.qint8).eval()

@@ -2,10 +2,10 @@
 
 Four kinds, chosen by the ``embedding`` config key (Featherweight thesis, chapter 4):
 
-- ``hash``: hash embeddings (Svenstrup et al. 2017). A word is hashed into a token space of
-  ``hash_token_space`` ids; each id picks ``hash_functions`` (k) rows of a shared table of
-  ``vocab_size`` (B) component vectors and sums them weighted by k trainable importance
-  parameters of that id. No vocabulary is stored.
+- ``hash``: hash embeddings (Svenstrup et al. 2017). A word is hashed into ``vocab_size`` (K)
+  ids; each id picks ``hash_functions`` (k) rows of a shared table of ``hash_buckets`` (B)
+  component vectors and sums them weighted by k trainable importance parameters of that id:
+  K x k + B x d weights (B = K k / d by default). No vocabulary is stored.
 - ``char``: a character vocabulary of the ``vocab_size`` most frequent training characters.
 - ``bpe``: a byte-pair-encoding subword vocabulary of ``vocab_size`` tokens learned on the
   training split with the ``tokenizers`` library.
@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from trainables.config import default_hash_buckets
 from trainables.data.text import GLOVE_DIM, glove_vectors, words
 
 PAD, UNK = 0, 1
@@ -124,21 +125,20 @@ def _train_bpe(texts: Sequence[str], vocab_size: int) -> Any:
     return tok
 
 
-def build_encoder(kind: str, train_texts: Sequence[str], vocab_size: int, hash_token_space: int = 0) -> TextEncoder:
+def build_encoder(kind: str, train_texts: Sequence[str], vocab_size: int) -> TextEncoder:
     """Learn the encoder of ``kind`` from the training sentences.
 
     Args:
         kind: ``hash``, ``char``, ``bpe`` or ``glove``.
         train_texts: training sentences (both sides for pair tasks).
         vocab_size: tokens kept (``char``/``glove``: most frequent; ``bpe``: target vocabulary
-            size including the two special tokens; ``hash``: unused here, it is the bucket count).
-        hash_token_space: ``hash`` only, size of the hashed token space (default 4 x vocab_size).
+            size including the two special tokens; ``hash``: the ids words are hashed into, K).
 
     Raises:
         ValueError: unknown kind.
     """
     if kind == "hash":
-        return HashEncoder(hash_token_space or 4 * vocab_size)
+        return HashEncoder(vocab_size)
     if kind == "bpe":
         return BpeEncoder(_train_bpe(train_texts, vocab_size))
     if kind in ("char", "glove"):
@@ -243,20 +243,23 @@ class ProjectedEmbedding(nn.Module):
         return self.proj(self.table(ids))
 
 
-def build_embedding(encoder: TextEncoder, dim: int, vocab_size: int, hash_functions: int = 2,
+def build_embedding(encoder: TextEncoder, dim: int, hash_buckets: int = 0, hash_functions: int = 2,
                     init_pretrained: bool = True, seed: int = 0) -> nn.Module:
     """The embedding layer for ``encoder``: input (batch, seq) int64 ids, output (batch, seq, dim).
 
     Args:
-        encoder: the fitted encoder (its ``num_ids`` sizes the table).
+        encoder: the fitted encoder (its ``num_ids`` sizes the table, or the importance
+            parameters of a hash embedding).
         dim: embedding dimension.
-        vocab_size: ``hash`` only: number of component buckets B.
+        hash_buckets: ``hash`` only: number of component vectors B; 0 = K k / d
+            (:func:`trainables.config.default_hash_buckets`, K = the encoder's token space).
         hash_functions: ``hash`` only: k.
         init_pretrained: ``glove`` only: copy GloVe vectors (``False`` when loading a saved model).
         seed: seeds the hash family and the GloVe fallback vectors.
     """
     if isinstance(encoder, HashEncoder):
-        return HashEmbedding(encoder.num_ids, vocab_size, dim, hash_functions, seed=seed + 1)
+        buckets = hash_buckets or default_hash_buckets(encoder.token_space, hash_functions, dim)
+        return HashEmbedding(encoder.num_ids, buckets, dim, hash_functions, seed=seed + 1)
     if encoder.kind == "glove":
         table = nn.Embedding(encoder.num_ids, GLOVE_DIM, padding_idx=PAD)
         if init_pretrained:

@@ -11,8 +11,8 @@ Sentence-pair tasks (QQP, MNLI) encode both sentences with the same encoder and 
 Example:
     >>> import torch
     >>> from trainables.models.embeddings import HashEncoder
-    >>> cfg = {"student": "ffn", "embedding": "hash", "embedding_dim": 25, "vocab_size": 100,
-    ...        "hash_functions": 2, "hidden_dim": 16, "classifier_dim": 0, "pooling": "last",
+    >>> cfg = {"student": "ffn", "embedding": "hash", "embedding_dim": 25, "vocab_size": 400,
+    ...        "hash_buckets": 32, "hash_functions": 2, "hidden_dim": 16, "classifier_dim": 0, "pooling": "last",
     ...        "dropout": 0.0, "seed": 0}
     >>> model = build_student(cfg, HashEncoder(400), num_labels=2, pair=False)
     >>> model(torch.tensor([[2, 3, 0]]), torch.tensor([2])).shape
@@ -123,7 +123,7 @@ def build_student(config: Mapping[str, Any], encoder: TextEncoder, num_labels: i
                   init_pretrained: bool = True) -> Student:
     """Build the student described by a resolved trial config (see :mod:`trainables.config`).
 
-    Uses keys ``student, embedding_dim, vocab_size, hash_functions, hidden_dim, classifier_dim,
+    Uses keys ``student, embedding_dim, hash_buckets, hash_functions, hidden_dim, classifier_dim,
     pooling, dropout, seed``. Parameters are initialised from ``torch.manual_seed(seed)``.
 
     Raises:
@@ -135,7 +135,7 @@ def build_student(config: Mapping[str, Any], encoder: TextEncoder, num_labels: i
                          f"these are: {', '.join(STUDENT_BUILDERS)}")
     torch.manual_seed(int(config["seed"]))
     dim = int(config["embedding_dim"])
-    embedding = build_embedding(encoder, dim, int(config["vocab_size"]), int(config["hash_functions"]),
+    embedding = build_embedding(encoder, dim, int(config.get("hash_buckets", 0)), int(config["hash_functions"]),
                                 init_pretrained=init_pretrained, seed=int(config["seed"]))
     enc, classifier = builder(dim, int(config["hidden_dim"]), num_labels, pair, config)
     return Student(embedding, enc, classifier, pair, float(config["dropout"]))

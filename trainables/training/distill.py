@@ -174,7 +174,8 @@ def train(model: nn.Module, train_data: Encoded, val_data: Encoded, config: Mapp
     Trains on the device ``model`` is on (CPU or CUDA); data moves there batch by batch.
 
     Uses config keys ``seed, optimizer, lr, weight_decay, batch_size, epochs, patience, alpha,
-    distill_loss, temperature``. ``train_data.teacher`` must hold the teacher logits.
+    distill_loss, temperature`` and ``max_grad_norm`` (gradient clipping by global L2 norm,
+    Pascanu et al. 2013; 0 or absent: none). ``train_data.teacher`` must hold the teacher logits.
 
     Args:
         on_epoch: called after each epoch with that epoch's history row (e.g. to report to Tune).
@@ -203,6 +204,7 @@ def train(model: nn.Module, train_data: Encoded, val_data: Encoded, config: Mapp
     opt = make_optimizer(config["optimizer"], model.parameters(), float(config["lr"]), float(config["weight_decay"]))
     bs, patience, epochs = int(config["batch_size"]), int(config["patience"]), int(config["epochs"])
     alpha, kind, temp = float(config["alpha"]), config["distill_loss"], float(config["temperature"])
+    clip = float(config.get("max_grad_norm", 0.0))
     result = TrainResult(best_epoch=0, best_accuracy=-1.0)
     best_state, stale, stopped, first, earlier_s = None, 0, False, 1, 0.0
     if resume is not None:
@@ -232,6 +234,8 @@ def train(model: nn.Module, train_data: Encoded, val_data: Encoded, config: Mapp
                 loss = loss + aux_loss(idx)
             opt.zero_grad()
             loss.backward()
+            if clip:
+                nn.utils.clip_grad_norm_(model.parameters(), clip)
             opt.step()
             total, batches = total + loss.item(), batches + 1
         acc = accuracy_percent(predict(model, val_data), val_data.labels.numpy())

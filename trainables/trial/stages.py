@@ -36,7 +36,7 @@ import yaml
 from trainables import energy
 from trainables.compression.prune import prune_student
 from trainables.compression.quantize import quantize_student
-from trainables.config import ARCHITECTURE_KEYS, parse_stages, resolve_config
+from trainables.config import ARCHITECTURE_KEYS, parse_stages, resolve_config, upgrade_config
 from trainables.data import augment
 from trainables.formats import (
     ARTIFACT_NAME,
@@ -243,6 +243,7 @@ def _resolve(config: Mapping[str, Any], tracker: Tracker, workdir: Path, setting
         return cfg, None, settings
     # further compression of an earlier run's student: its architecture, its weights
     model, encoder, source_cfg = load_student(tracker.fetch_student(cfg["init_run_id"], workdir / "init"))
+    source_cfg = upgrade_config(source_cfg)
     # resolved again so that student-dependent defaults and checks follow the source student
     cfg = resolve_config({**config, **{k: source_cfg[k] for k in ARCHITECTURE_KEYS if k in source_cfg}})
     settings = replace(settings, tags={**settings.tags, "source_run_id": cfg["init_run_id"]})
@@ -258,7 +259,7 @@ def _build_from_teacher(cfg: dict[str, Any], data: TrialData, split: Any, rows: 
 def _build_from_embedding(cfg: dict[str, Any], data: TrialData, split: Any, rows: np.ndarray | None,
                           texts: list[str]) -> tuple[Any, torch.nn.Module, Any, dict[str, float]]:
     """BiLSTM, RNN and FFN students: an encoder fitted on the training texts, then the student."""
-    encoder = build_encoder(cfg["embedding"], texts, cfg["vocab_size"], cfg["hash_token_space"])
+    encoder = build_encoder(cfg["embedding"], texts, cfg["vocab_size"])
     return encoder, build_student(cfg, encoder, split.num_labels, split.is_pair), None, {}
 
 

