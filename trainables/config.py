@@ -195,6 +195,10 @@ RETIRED_KEYS = {
 }
 
 
+#: The type each retired key had.
+RETIRED_KINDS = {"hash_token_space": "int"}
+
+
 def upgrade_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """A config saved by an earlier version in today's keys; other configs are returned as a copy.
 
@@ -244,11 +248,15 @@ def parse_param(key: str, raw: str, where: str = "config") -> Any:
     declares for ``key``: ``"3"`` or ``"3.0"`` -> 3 for an int, ``"0.5"`` -> 0.5, ``"True"`` -> True.
     Bounds and choices are not checked here (:func:`resolve_config` does).
 
+    A retired key (:data:`RETIRED_KEYS`, logged by runs of earlier versions) parses as the type
+    it had, so that :func:`resolve_config` can translate it (:func:`upgrade_config`).
+
     Raises:
         ConfigError: ``key`` is not a trial-config key, or ``raw`` does not parse as its type.
     """
-    check_key(key, where)
-    kind = PARAMS[key].kind
+    if key not in RETIRED_KINDS:
+        check_key(key, where)
+    kind = RETIRED_KINDS.get(key) or PARAMS[key].kind
     try:
         if kind == "int":
             number = float(raw)

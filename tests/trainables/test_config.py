@@ -127,3 +127,17 @@ def test_check_config_grid_names_the_combination_and_caps_its_size():
     assert 399 * 300 * 2 > MAX_GRID_CONFIGS
     with pytest.raises(ConfigError, match="combinations of stages, prune_schedule"):
         check_config_grid({**big, "prune_schedule": ["imp"]}, "s.yaml")
+
+
+def test_params_of_runs_made_before_hash_buckets_resolve_to_the_same_shapes():
+    """MLflow params of a hash-embedding run of an earlier version: vocab_size was the buckets."""
+    from trainables.config import parse_param
+
+    logged = {"student": "ffn", "embedding": "hash", "embedding_dim": "25", "vocab_size": "1000",
+              "hash_token_space": "4000"}
+    cfg = resolve_config({k: parse_param(k, v) for k, v in logged.items()})
+    assert (cfg["vocab_size"], cfg["hash_buckets"]) == (4000, 1000) and "hash_token_space" not in cfg
+    other = resolve_config({"embedding": "bpe", "vocab_size": 1000, "hash_token_space": 4000})
+    assert other["vocab_size"] == 1000 and other["hash_buckets"] == 0
+    with pytest.raises(ConfigError, match="no longer a key"):
+        check_value("hash_token_space", 4000)

@@ -19,16 +19,20 @@ training set holds. Each synthetic example is made from one training sentence w_
 Sentences are split with :func:`trainables.data.text.words` (lower-cased words and punctuation)
 and joined with single spaces, which every encoder here and the teacher's WordPiece tokenizer
 split back into the same tokens; ``[MASK]`` is the teacher's mask token and one unknown token
-to the students. The teacher labels the synthetic examples in length-sorted batches under bf16
-autocast on CPU (:func:`trainables.data.teacher.compute_logits`, with a progress bar); their gold
-label (used by the ``alpha`` cross-entropy term) is the teacher's argmax.
+to the students. The teacher labels the synthetic examples with
+:class:`trainables.data.teacher.Labeller` (token-sorted batches, its measured default precision,
+a progress bar with the time left); their gold label (used by the ``alpha`` cross-entropy term)
+is the teacher's argmax.
 
 Cost and caching: :func:`build_augmented` measures wall time (seconds) and energy (joules,
 :func:`trainables.energy.make_meter`; absent when no meter works) of making and labelling a set
-and caches it as one ``.npz`` (no pickle) under ``<cache>/augment/``, keyed by teacher id,
-training-data hash, rows, n, p, p_ng and seed. A search prepares every (augment_n, augment_p) its
-space can produce in the driver (:func:`prepare_for_space`) and stores them in
-:attr:`trainables.trial.TrialData.augmented`; a trial only selects the synthetic rows made from
+and caches it as a folder of ``.npy`` files (no pickle) under ``<cache>/augment/``, keyed by
+teacher id, training-data hash, rows, n, p, p_ng, seed and the teacher's precision; labelling is
+saved chunk by chunk and resumes after an interruption. The texts are :class:`TextColumn` numpy
+arrays and the set is read memory-mapped, so the trials of a search share one copy (Ray's object
+store hands numpy arrays to the workers of a node without copying them). A search prepares every
+(augment_n, augment_p) its space can produce in the driver (:func:`prepare_for_space`) and stores
+them in :attr:`trainables.trial.TrialData.augmented`; a trial only selects the synthetic rows made from
 its own training rows (:func:`transfer_set`) and logs ``augment_time_s``, ``augment_energy_j``
 (when measured) and ``augment_rows``, with tags ``augment_energy_method`` and ``augment_cache``.
 
@@ -62,7 +66,60 @@ P_NGRAM = 0.25  # p_ng of Tang et al. 2019 (with p_mask = p_pos = 0.1)
 MAX_NGRAM = 5  # n of n-gram sampling is drawn from {1, ..., 5}
 NEIGHBOURS = 10  # a replaced word is one of its 10 nearest GloVe neighbours
 GLOVE_CANDIDATES = 50_000  # neighbours come from the 50k most frequent GloVe words
-_FORMAT = "featherweight-augment-v1"
+_FORMAT = "featherweight-augment-v2"
+
+
+class TextColumn:
+    """Sentences stored as numpy arrays only: one UTF-8 byte array and int64 offsets (n + 1,).
+
+    Unlike a list of Python strings, a column held in Ray's object store is read by every
+    worker of a node without a copy (numpy arrays are deserialised zero-copy), and one loaded
+    with ``np.load(mmap_mode="r")`` stays in the page cache shared by all processes.
+
+    Example:
+        >>> col = TextColumn.from_strings(["a fine film", "dull"])
+        >>> len(col), col[1], col[[1, 0]]
+        (2, 'dull', ['dull', 'a fine film'])
+    """
+
+    def __init__(self, data: np.ndarray, offsets: np.ndarray):
+        if offsets.ndim != 1 or not len(offsets) or int(offsets[-1]) != len(data):
+            raise ValueError("offsets must be 1-D, start at 0 and end at the data's length")
+        self.data, self.offsets = data, offsets
+
+    @classmethod
+    def from_strings(cls, texts: Sequence[str]) -> "TextColumn":
+        encoded = [t.encode("utf-8") for t in texts]
+        offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum([len(b) for b in encoded], out=offsets[1:])
+        data = np.frombuffer(b"".join(encoded), dtype=np.uint8).copy()
+        return cls(data, offsets)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def _one(self, i: int) -> str:
+        return bytes(self.data[int(self.offsets[i]): int(self.offsets[i + 1])]).decode("utf-8")
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, (int, np.integer)):
+            return self._one(int(index) % len(self) if index < 0 else int(index))
+        if isinstance(index, slice):
+            index = range(*index.indices(len(self)))
+        return [self._one(int(i)) for i in index]
+
+    def __iter__(self):
+        return (self._one(i) for i in range(len(self)))
+
+    def tolist(self) -> list[str]:
+        return self[range(len(self))]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, TextColumn):
+            return np.array_equal(self.offsets, other.offsets) and np.array_equal(self.data, other.data)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 @dataclass
@@ -71,21 +128,23 @@ class AugmentedSet:
 
     Attributes:
         n, p: ``augment_n`` and ``augment_p`` that made the set.
-        text_a, text_b: the synthetic sentences (``text_b`` ``None`` for single-sentence tasks).
+        text_a, text_b: the synthetic sentences (:class:`TextColumn`; ``text_b`` ``None`` for
+            single-sentence tasks).
         source: int64 (m,) row of the training split each example was made from.
-        logits: float32 (m, num_labels) teacher logits.
-        seconds: wall time of generating and labelling the set, seconds (of the original run
-            when it came from the cache).
-        joules: energy of that work, joules; ``None`` when no meter works.
+        logits: float32 (m, num_labels) teacher logits (memory-mapped when read from the cache).
+        seconds: wall time of generating and labelling the set, seconds, summed over the runs
+            that made it (an interrupted labelling continues; reading the cache adds nothing).
+        joules: energy of that work, joules; ``None`` when no meter measured every part of it.
         energy_method: the meter's method (:data:`trainables.energy.METHODS`).
-        cached: whether this call read it from the cache.
+        cached: whether this call read it, whole, from the cache.
         key: the cache key (hex).
+        precision: how the teacher ran (:data:`trainables.data.teacher.PRECISIONS`).
     """
 
     n: int
     p: float
-    text_a: list[str]
-    text_b: list[str] | None
+    text_a: TextColumn
+    text_b: TextColumn | None
     source: np.ndarray
     logits: np.ndarray
     seconds: float
@@ -93,6 +152,7 @@ class AugmentedSet:
     energy_method: str
     cached: bool = False
     key: str = ""
+    precision: str = ""
 
     def __len__(self) -> int:
         return len(self.text_a)
@@ -217,64 +277,74 @@ def augment_texts(text_a: Sequence[str], text_b: Sequence[str] | None, n: int, p
 # --- labelling, caching ------------------------------------------------------------------------
 
 
-def label_with_teacher(model: Any, tokenizer: Any, task: str, text_a: list[str], text_b: list[str] | None,
-                       batch_size: int = 128, progress: bool = True) -> np.ndarray:
-    """Teacher logits (m, num_labels) float32 of the synthetic examples, in their order.
-
-    Batches are formed over the examples sorted by length (less padding) and the logits are put
-    back in input order; :func:`trainables.data.teacher.compute_logits` adds bf16 autocast and a
-    progress bar.
-    """
-    from trainables.data.teacher import compute_logits
-
-    lengths = [len(a) + (len(text_b[i]) if text_b is not None else 0) for i, a in enumerate(text_a)]
-    order = np.argsort(lengths, kind="stable")
-    labels = np.zeros(len(text_a), dtype=np.int64)
-    split = Split(task, "augmented", [text_a[i] for i in order],
-                  [text_b[i] for i in order] if text_b is not None else None, labels, "augment", data_hash="-")
-    logits = compute_logits(model, tokenizer, split, batch_size=batch_size, progress=progress)
-    out = np.empty_like(logits)
-    out[order] = logits
-    return out
-
-
 def cache_key(teacher_id: str, train: Split, rows: np.ndarray | None, n: int, p: float, seed: int,
-              p_ng: float = P_NGRAM) -> str:
-    """Hex key of an augmented set: teacher id, data hash, rows, n, p, p_ng, seed and format."""
+              p_ng: float = P_NGRAM, precision: str = "") -> str:
+    """Hex key of an augmented set: teacher id, data hash, rows, n, p, p_ng, seed, precision, format."""
     rows_hash = "all" if rows is None else hashlib.sha256(np.asarray(rows, np.int64).tobytes()).hexdigest()[:16]
-    text = f"{_FORMAT}|{teacher_id}|{train.task}|{train.data_hash}|{rows_hash}|{n}|{p:.6g}|{p_ng:.6g}|{seed}"
+    text = (f"{_FORMAT}|{teacher_id}|{train.task}|{train.data_hash}|{rows_hash}|{n}|{p:.6g}|{p_ng:.6g}|{seed}"
+            f"|{precision}")
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
 def _cache_path(cache_dir: str | Path | None, task: str, key: str) -> Path:
     from trainables.data.teacher import default_cache_dir
 
-    return Path(cache_dir or default_cache_dir()) / "augment" / f"{task}-{key}.npz"
+    return Path(cache_dir or default_cache_dir()) / "augment" / f"{task}-{key}"
 
 
-def _save(path: Path, aug: AugmentedSet) -> None:
-    meta = {"format": _FORMAT, "n": aug.n, "p": aug.p, "text_a": aug.text_a, "text_b": aug.text_b,
-            "seconds": aug.seconds, "joules": aug.joules, "energy_method": aug.energy_method}
-    blob = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.stem}.tmp{os.getpid()}.npz")
-    np.savez(tmp, logits=aug.logits, source=aug.source, meta=blob)
+def _write_json(path: Path, obj: Mapping[str, Any]) -> None:
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj))
     tmp.replace(path)
 
 
-def _load(path: Path, key: str) -> AugmentedSet:
-    with np.load(path, allow_pickle=False) as z:
-        meta = json.loads(z["meta"].tobytes().decode("utf-8"))
-        logits, source = z["logits"], z["source"]
-    return AugmentedSet(int(meta["n"]), float(meta["p"]), meta["text_a"], meta["text_b"], source, logits,
-                        float(meta["seconds"]), meta["joules"], meta["energy_method"], cached=True, key=key)
+def _columns(folder: Path, mmap: bool) -> dict[str, np.ndarray]:
+    return {f.stem: np.load(f, mmap_mode="r" if mmap else None, allow_pickle=False)
+            for f in sorted(folder.glob("*.npy"))}
+
+
+def _start(folder: Path, aug_a: list[str], aug_b: list[str] | None, source: np.ndarray, num_labels: int,
+           state: dict[str, Any]) -> None:
+    """Write the synthetic texts, their sources, an empty logits file and the state, all at once."""
+    from numpy.lib.format import open_memmap
+
+    tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    for name, texts in (("text_a", aug_a), ("text_b", aug_b)):
+        if texts is not None:
+            col = TextColumn.from_strings(texts)
+            np.save(tmp / f"{name}.npy", col.data)
+            np.save(tmp / f"{name}_offsets.npy", col.offsets)
+    np.save(tmp / "source.npy", np.asarray(source, dtype=np.int64))
+    open_memmap(tmp / "logits.npy", mode="w+", dtype=np.float32, shape=(len(aug_a), num_labels)).flush()
+    _write_json(tmp / "state.json", state)
+    tmp.replace(folder)
+
+
+def _read(folder: Path, state: Mapping[str, Any], key: str, cached: bool) -> AugmentedSet:
+    cols = _columns(folder, mmap=True)
+    text_b = TextColumn(cols["text_b"], cols["text_b_offsets"]) if "text_b" in cols else None
+    return AugmentedSet(int(state["n"]), float(state["p"]), TextColumn(cols["text_a"], cols["text_a_offsets"]),
+                        text_b, cols["source"], cols["logits"], float(state["seconds"]), state["joules"],
+                        state["energy_method"], cached=cached, key=key, precision=state.get("precision", ""))
+
+
+#: Synthetic examples labelled between two saves of an augmented set's progress.
+CHUNK_ROWS = 16_384
 
 
 def build_augmented(train: Split, teacher: str, n: int, p: float, seed: int = 0, rows: np.ndarray | None = None,
                     cache_dir: str | Path | None = None, cpu_watts_per_core: float | None = None,
-                    teacher_model: tuple[Any, Any] | None = None, batch_size: int = 128,
-                    progress: bool = True) -> AugmentedSet:
+                    teacher_model: tuple[Any, Any] | None = None, precision: str | None = None,
+                    batch_tokens: int = 2048, progress: bool = True) -> AugmentedSet:
     """The augmented set of ``train`` (its ``rows``, default all), from the cache or made and cached.
+
+    The cache is a folder ``<cache>/augment/<task>-<key>/`` of ``.npy`` files (no pickle): the
+    synthetic texts (:class:`TextColumn` arrays), ``source``, ``logits`` and ``state.json``. The
+    texts are written first; the teacher then labels them :data:`CHUNK_ROWS` at a time into the
+    memory-mapped ``logits.npy``, and ``state.json`` records how many are done after each chunk,
+    so a labelling that was interrupted (Ctrl-C, a killed driver) continues where it stopped.
+    A finished set is returned memory-mapped.
 
     Args:
         train: the training split.
@@ -284,7 +354,11 @@ def build_augmented(train: Split, teacher: str, n: int, p: float, seed: int = 0,
         rows: indices of the training rows to augment (``None``: all).
         cache_dir: cache root (default :func:`trainables.data.teacher.default_cache_dir`).
         cpu_watts_per_core: enables the labelled CPU-time energy estimate (watts per core).
-        teacher_model: an already loaded ``(model, tokenizer)`` (else it is loaded on a cache miss).
+        teacher_model: an already loaded float32 ``(model, tokenizer)`` (else it is loaded when
+            something is left to label).
+        precision: the teacher's (:class:`trainables.data.teacher.Labeller`; ``None``: its default
+            for the model's device). Part of the cache key.
+        batch_tokens: the Labeller's padded tokens per batch.
 
     Returns:
         The :class:`AugmentedSet`; ``source`` indexes ``train`` (not ``rows``).
@@ -292,34 +366,70 @@ def build_augmented(train: Split, teacher: str, n: int, p: float, seed: int = 0,
     Raises:
         ConfigError: bad n or p, or a teacher that cannot be loaded or does not fit the task.
     """
+    import time
+
     from trainables import energy
-    from trainables.data.teacher import load_teacher, teacher_id
+    from trainables.data.teacher import Labeller, default_precision, load_teacher, teacher_id
 
     if n < 1:
         raise ConfigError(f"augment_n must be at least 1 to build an augmented set, got {n}")
-    key = cache_key(teacher_id(teacher), train, rows, n, p, seed)
-    path = _cache_path(cache_dir, train.task, key)
-    if path.is_file():
-        return _load(path, key)
+    precision = precision or default_precision("cpu" if teacher_model is None
+                                               else next(teacher_model[0].parameters()).device.type)
+    key = cache_key(teacher_id(teacher), train, rows, n, p, seed, precision=precision)
+    folder = _cache_path(cache_dir, train.task, key)
+    state_file = folder / "state.json"
+    state = json.loads(state_file.read_text()) if state_file.is_file() else None
+    if state is not None and state.get("complete"):
+        return _read(folder, state, key, cached=True)
     meter = energy.make_meter(cpu_watts_per_core=cpu_watts_per_core)
     meter.start()
-    idx = np.arange(len(train)) if rows is None else np.asarray(rows, dtype=np.int64)
-    text_a = [train.text_a[i] for i in idx]
-    text_b = [train.text_b[i] for i in idx] if train.is_pair else None
-    vocab = {w for t in text_a + (text_b or []) for w in words(t)}
-    aug_a, aug_b, src = augment_texts(text_a, text_b, n, p, seed, glove_neighbours(sorted(vocab)))
-    model, tokenizer = teacher_model or load_teacher(teacher)
-    if model.config.num_labels != train.num_labels:
-        raise ConfigError(f"teacher {teacher!r} has {model.config.num_labels} labels but {train.task} has "
-                          f"{train.num_labels}; pass a teacher fine-tuned on {train.task}")
-    log.info("augment %s: labelling %d synthetic examples (n=%d, p=%g) with the teacher", train.task, len(aug_a), n, p)
-    logits = (label_with_teacher(model, tokenizer, train.task, aug_a, aug_b, batch_size, progress) if aug_a
-              else np.zeros((0, train.num_labels), np.float32))
+    t0 = time.perf_counter()
+    resumed = state is not None
+    if state is None:
+        idx = np.arange(len(train)) if rows is None else np.asarray(rows, dtype=np.int64)
+        text_a = [train.text_a[i] for i in idx]
+        text_b = [train.text_b[i] for i in idx] if train.is_pair else None
+        vocab = {w for t in text_a + (text_b or []) for w in words(t)}
+        aug_a, aug_b, src = augment_texts(text_a, text_b, n, p, seed, glove_neighbours(sorted(vocab)))
+        state = {"format": _FORMAT, "n": n, "p": float(p), "precision": precision, "rows": len(aug_a),
+                 "labelled": 0, "seconds": 0.0, "joules": 0.0, "energy_method": "", "complete": False}
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        _start(folder, aug_a, aug_b, idx[src], train.num_labels, state)
+    cols = _columns(folder, mmap=True)
+    text_a = TextColumn(cols["text_a"], cols["text_a_offsets"])
+    text_b = TextColumn(cols["text_b"], cols["text_b_offsets"]) if "text_b" in cols else None
+    done, total = int(state["labelled"]), int(state["rows"])
+    if done < total:
+        model, tokenizer = teacher_model or load_teacher(teacher)
+        if model.config.num_labels != train.num_labels:
+            raise ConfigError(f"teacher {teacher!r} has {model.config.num_labels} labels but {train.task} has "
+                              f"{train.num_labels}; pass a teacher fine-tuned on {train.task}")
+        labeller = Labeller(model, tokenizer, precision, batch_tokens=batch_tokens)
+        log.info("augment %s: labelling %d of %d synthetic examples (n=%d, p=%g, %s)", train.task, total - done,
+                 total, n, p, precision)
+        from numpy.lib.format import open_memmap
+        from tqdm.auto import tqdm
+
+        logits = open_memmap(folder / "logits.npy", mode="r+")
+        with tqdm(total=total, initial=done, desc=f"teacher labels {train.task} n={n} p={p:g}", unit="sent",
+                  disable=not progress) as bar:
+            while done < total:
+                end = min(done + CHUNK_ROWS, total)
+                logits[done:end] = labeller(text_a[done:end], text_b[done:end] if text_b is not None else None,
+                                            progress=False)
+                logits.flush()
+                bar.update(end - done)
+                done = end
+                _write_json(state_file, {**state, "labelled": done,
+                                         "seconds": state["seconds"] + time.perf_counter() - t0})
+        del logits
     reading = meter.stop()
-    aug = AugmentedSet(n, float(p), aug_a, aug_b, idx[src], logits.astype(np.float32), reading.seconds,
-                       reading.joules, reading.method, cached=False, key=key)
-    _save(path, aug)
-    return aug
+    measured = reading.joules is not None and not resumed  # an interrupted run's energy was not kept
+    state.update(labelled=total, complete=True, seconds=state["seconds"] + reading.seconds,
+                 joules=reading.joules if measured else None,
+                 energy_method=reading.method if measured else "unavailable")
+    _write_json(state_file, state)
+    return _read(folder, state, key, cached=False)
 
 
 # --- searches and trials -----------------------------------------------------------------------
@@ -458,9 +568,9 @@ def transfer_set(data: Any, cfg: Mapping[str, Any], rows: np.ndarray | None
     train = data.train
     keep = np.arange(len(aug)) if rows is None else np.flatnonzero(np.isin(aug.source, rows))
     base = np.arange(len(train)) if rows is None else np.asarray(rows)
-    text_a = [train.text_a[i] for i in base] + [aug.text_a[i] for i in keep]
-    text_b = ([train.text_b[i] for i in base] + [aug.text_b[i] for i in keep]) if train.is_pair else None
-    aug_logits = aug.logits[keep]
+    text_a = [train.text_a[i] for i in base] + aug.text_a[keep]
+    text_b = ([train.text_b[i] for i in base] + aug.text_b[keep]) if train.is_pair else None
+    aug_logits = np.asarray(aug.logits[keep])
     labels = np.concatenate([train.labels[base], aug_logits.argmax(1).astype(np.int64)])
     logits = np.concatenate([data.train_logits[base], aug_logits]).astype(np.float32)
     split = Split(train.task, train.name, text_a, text_b, labels, f"{train.source}+augment:{aug.key}",

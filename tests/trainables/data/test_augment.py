@@ -78,10 +78,10 @@ def test_teacher_labels_are_cached_by_key(sst2_teacher, sst2_splits, tmp_path, m
     rows = np.arange(100, 112)
     aug = build_augmented(train, str(sst2_teacher), n=2, p=0.2, seed=0, rows=rows, cache_dir=tmp_path, progress=False)
     assert not aug.cached and len(aug) > 12 and set(aug.source) <= set(rows)
-    assert aug.logits.shape == (len(aug), 2) and aug.seconds > 0
+    assert aug.logits.shape == (len(aug), 2) and aug.seconds > 0 and aug.precision == "bf16"
     assert aug.energy_method == "unavailable" and aug.joules is None  # no meter without NVML or readable RAPL: never 0 J
     model, tok = load_teacher(str(sst2_teacher))
-    direct = compute_logits(model, tok, Split("sst2", "x", aug.text_a, None, np.zeros(len(aug), np.int64), "-"),
+    direct = compute_logits(model, tok, Split("sst2", "x", aug.text_a.tolist(), None, np.zeros(len(aug), np.int64), "-"),
                             batch_size=7, progress=False)
     assert np.abs(direct - aug.logits).max() < 0.25  # the teacher's logits, in example order (bf16 noise)
     assert (direct.argmax(1) == aug.logits.argmax(1)).mean() > 0.9
@@ -89,12 +89,50 @@ def test_teacher_labels_are_cached_by_key(sst2_teacher, sst2_splits, tmp_path, m
     monkeypatch.setattr("trainables.data.teacher.load_teacher", lambda *_: pytest.fail("the cache must answer"))
     again = build_augmented(train, str(sst2_teacher), n=2, p=0.2, seed=0, rows=rows, cache_dir=tmp_path)
     assert again.cached and again.text_a == aug.text_a and np.array_equal(again.logits, aug.logits)
+    assert isinstance(again.logits, np.memmap)  # read memory-mapped, not into each process's heap
     assert again.seconds == aug.seconds  # the cost of making it, not of reading it
-    assert len(list((tmp_path / "augment").glob("sst2-*.npz"))) == 1
+    folders = list((tmp_path / "augment").glob("sst2-*"))
+    assert len(folders) == 1 and not list(folders[0].glob("*.pkl"))
     keys = {augment.cache_key("t", train, rows, 2, 0.2, 0), augment.cache_key("t", train, rows, 2, 0.2, 1),
             augment.cache_key("t", train, rows, 3, 0.2, 0), augment.cache_key("t", train, rows, 2, 0.1, 0),
-            augment.cache_key("u", train, rows, 2, 0.2, 0), augment.cache_key("t", train, None, 2, 0.2, 0)}
-    assert len(keys) == 6
+            augment.cache_key("u", train, rows, 2, 0.2, 0), augment.cache_key("t", train, None, 2, 0.2, 0),
+            augment.cache_key("t", train, rows, 2, 0.2, 0, precision="bf16")}
+    assert len(keys) == 7
+
+
+def test_an_interrupted_labelling_continues_where_it_stopped(sst2_teacher, sst2_splits, tmp_path, monkeypatch):
+    from trainables.data import teacher as teacher_module
+
+    train, _ = sst2_splits
+    rows = np.arange(0, 40)
+    monkeypatch.setattr(augment, "CHUNK_ROWS", 16)
+    calls: list[int] = []
+    real_call = teacher_module.Labeller.__call__
+
+    def interrupted(self, text_a, text_b=None, progress=True, desc=""):
+        calls.append(len(text_a))
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # Ctrl-C during the third chunk
+        return real_call(self, text_a, text_b, progress=progress)
+
+    monkeypatch.setattr(teacher_module.Labeller, "__call__", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build_augmented(train, str(sst2_teacher), n=3, p=0.2, seed=0, rows=rows, cache_dir=tmp_path, progress=False)
+    folder = next((tmp_path / "augment").glob("sst2-*"))
+    import json
+
+    state = json.loads((folder / "state.json").read_text())
+    assert state["labelled"] == 32 and not state["complete"] and state["rows"] > 48
+
+    monkeypatch.setattr(teacher_module.Labeller, "__call__", lambda self, a, b=None, progress=True, desc="": (
+        calls.append(len(a)), real_call(self, a, b, progress=progress))[1])
+    resumed = build_augmented(train, str(sst2_teacher), n=3, p=0.2, seed=0, rows=rows, cache_dir=tmp_path,
+                              progress=False)
+    assert sum(calls[3:]) == state["rows"] - 32  # only what was left was labelled again
+    fresh = build_augmented(train, str(sst2_teacher), n=3, p=0.2, seed=0, rows=rows, cache_dir=tmp_path / "other",
+                            progress=False)
+    assert resumed.text_a == fresh.text_a and np.allclose(resumed.logits, fresh.logits, atol=1e-5)
+    assert resumed.joules is None and resumed.energy_method == "unavailable"  # the first run's energy is unknown
 
 
 def _space(text):
@@ -129,6 +167,7 @@ def test_trial_trains_on_its_rows_plus_their_synthetic_rows(sst2_small, sst2_tea
     aug = data.augmented[(2, 0.2)]
     split, logits, none, metrics, tags = transfer_set(data, {**cfg, "seed": 0}, rows)
     assert none is None and len(split) == 60 + len(aug) == len(logits) and split.text_a[60] == aug.text_a[0]
+    assert isinstance(split.text_a[60], str)
     assert np.array_equal(logits[:60], data.train_logits[rows]) and np.array_equal(logits[60:], aug.logits)
     assert np.array_equal(split.labels[60:], aug.logits.argmax(1))  # synthetic rows: the teacher's label
     assert metrics["augment_rows"] == len(aug) and tags["augment_cache"] == "miss"

@@ -6,6 +6,8 @@ import pytest
 from trainables.data import teacher as teacher_mod
 from trainables.data.glue import Split
 from trainables.data.teacher import (
+    PRECISIONS,
+    Labeller,
     check_teacher,
     compute_logits,
     finetune_teacher,
@@ -41,6 +43,43 @@ def test_logits_are_recomputed_for_other_data(sst2_teacher, sst2_splits, tmp_pat
     with np.load(sst2_teacher / "logits_sst2.npz") as z:
         assert np.abs(fresh - z["dev"][:24]).max() < 0.25  # same model, same bf16 autocast
     assert np.allclose(compute_logits(model, tok, sub, batch_size=5, progress=False), fresh, atol=0.05)  # bf16 padding noise
+
+
+def test_labeller_batches_within_the_token_budget_and_keeps_input_order(sst2_teacher, sst2_splits):
+    _, dev = sst2_splits
+    model, tok = load_teacher(str(sst2_teacher))
+    texts = dev.text_a[:120]
+    labeller = Labeller(model, tok, "fp32", batch_tokens=256)
+    lengths = np.array([len(ids) for ids in tok(texts, truncation=True, max_length=128)["input_ids"]])
+    batches = labeller.batches(lengths)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(120))  # every row once
+    assert all(len(b) == 1 or len(b) * lengths[b].max() <= 256 for b in batches)
+    assert len(batches) < 60  # short sentences share batches
+    fp32 = labeller(texts, progress=False)
+    one_by_one = np.concatenate([compute_logits(model, tok, Split("sst2", "x", [t], None, np.zeros(1, np.int64), "-"),
+                                                progress=False) for t in texts[:10]])
+    assert np.abs(fp32[:10] - one_by_one).max() < 0.25  # row i is sentence i (bf16 noise on the right)
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_labeller_precisions_against_float32(precision, sst2_teacher, sst2_splits):
+    """The agreement bench/teacher_labelling measures on all of SST-2 dev, on 300 sentences."""
+    _, dev = sst2_splits
+    model, tok = load_teacher(str(sst2_teacher))
+    texts = dev.text_a[:300]
+    ref = Labeller(model, tok, "fp32")(texts, progress=False)
+    fast = Labeller(model, tok, precision)(texts, progress=False)
+    agreement = (fast.argmax(1) == ref.argmax(1)).mean()
+    assert agreement >= (0.99 if precision != "int8" else 0.95)
+    assert ((fast - ref) ** 2).mean() < (1e-3 if precision != "int8" else 0.3)
+
+
+def test_labeller_refuses_what_it_cannot_do(sst2_teacher):
+    model, tok = load_teacher(str(sst2_teacher))
+    with pytest.raises(ConfigError, match="precision must be one of"):
+        Labeller(model, tok, "fp8")
+    with pytest.raises(ConfigError, match="batch_tokens"):
+        Labeller(model, tok, "bf16", batch_tokens=0)
 
 
 def test_teacher_id_hashes_weights(sst2_teacher):
@@ -81,3 +120,16 @@ def test_finetune_tiny_teacher_end_to_end(sst2_splits, tmp_path):
     assert model.config.num_labels == 2
     # the saved folder is a valid teacher for the logits cache, and its shipped logits are used
     assert np.array_equal(teacher_logits(str(out), small_dev, cache_dir=tmp_path / "c", progress=False), dev_logits)
+
+
+def test_labeller_labels_each_distinct_example_once(sst2_teacher, sst2_splits, monkeypatch):
+    _, dev = sst2_splits
+    model, tok = load_teacher(str(sst2_teacher))
+    labeller = Labeller(model, tok, "fp32")
+    seen = []
+    forward = labeller.model.forward
+    monkeypatch.setattr(labeller.model, "forward", lambda **kw: (seen.append(kw["input_ids"].shape[0]), forward(**kw))[1])
+    texts = [dev.text_a[0], dev.text_a[1], dev.text_a[0], dev.text_a[2], dev.text_a[1]]
+    out = labeller(texts, progress=False)
+    assert sum(seen) == 3 and np.array_equal(out[0], out[2]) and np.array_equal(out[1], out[4])
+    assert not np.array_equal(out[0], out[1])
