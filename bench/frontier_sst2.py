@@ -3,7 +3,7 @@
 Runs one search through the service (:func:`search.tuner.run_search`: Ray Tune, Optuna, MLflow,
 the multi-objective scheduler), by default ``spaces/frontier.yaml``: the students of the thesis's
 small skyline distilled on the SST-2 training sentences plus a teacher-labelled transfer set of
-about 500,000 augmented sentences (made and labelled in the driver, within the measured wall
+about 570,000 augmented sentences (made and labelled in the driver, within the measured wall
 time), distill-only, quantized, or pruned and quantized; 24 trials, 2 at a time, MO-ASHA
 (grace period 1, reduction factor 3), selected on the validation split. It prints the front
 (dev accuracy, which no decision saw, against ``size_bytes``) and, for every SST-2 row of Table 7.5

@@ -299,7 +299,10 @@ def _write_json(path: Path, obj: Mapping[str, Any]) -> None:
 
 
 def _columns(folder: Path, mmap: bool) -> dict[str, np.ndarray]:
-    return {f.stem: np.load(f, mmap_mode="r" if mmap else None, allow_pickle=False)
+    """The folder's ``.npy`` arrays, read-only views of memory maps when ``mmap``: plain ndarrays
+    (not ``np.memmap``, which pickles its data in-band), so Ray's object store passes them to
+    workers without copies."""
+    return {f.stem: np.asarray(np.load(f, mmap_mode="r" if mmap else None, allow_pickle=False))
             for f in sorted(folder.glob("*.npy"))}
 
 

@@ -89,7 +89,7 @@ def test_teacher_labels_are_cached_by_key(sst2_teacher, sst2_splits, tmp_path, m
     monkeypatch.setattr("trainables.data.teacher.load_teacher", lambda *_: pytest.fail("the cache must answer"))
     again = build_augmented(train, str(sst2_teacher), n=2, p=0.2, seed=0, rows=rows, cache_dir=tmp_path)
     assert again.cached and again.text_a == aug.text_a and np.array_equal(again.logits, aug.logits)
-    assert isinstance(again.logits, np.memmap)  # read memory-mapped, not into each process's heap
+    assert isinstance(again.logits.base, np.memmap) and not again.logits.flags.writeable  # read memory-mapped
     assert again.seconds == aug.seconds  # the cost of making it, not of reading it
     folders = list((tmp_path / "augment").glob("sst2-*"))
     assert len(folders) == 1 and not list(folders[0].glob("*.pkl"))
