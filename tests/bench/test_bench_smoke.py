@@ -24,10 +24,14 @@ def test_table_7_5_copy_and_like_with_like_dominance():
     # a quantized trial: tiny gzip, but its file must not be compared with the uncompressed row
     trials = pd.DataFrame([{"name": "t1", "param.stages": "distill,quantize", "accuracy": 90.0,
                             "size_bytes": 40_000, "gzip_bytes": 30_000}])
-    out = frontier_sst2.compare(rows, trials)
+    out = frontier_sst2.compare(rows, trials, teacher_acc=90.0)
     assert out["dominated"].tolist() == ["no", "yes"]  # RNN_Char100: 0.236 MB file; +q: 0.053 MB gzip
+    assert out["% of teacher (ours)"].tolist() == ["", 100.0] and out["% of teacher (thesis)"].tolist() == [87.6, 86.9]
     trials.loc[0, "param.stages"] = "distill"
-    assert frontier_sst2.compare(rows, trials)["dominated"].tolist() == ["yes", "yes"]
+    assert frontier_sst2.compare(rows, trials, teacher_acc=90.0)["dominated"].tolist() == ["yes", "yes"]
+    # the goal's points: the thesis's skyline at or below 0.25 MB
+    assert frontier_sst2.skyline(published, 0.25)["model"].tolist() == [
+        "FFN_Hash25*+p+q", "FFN_Hash25+q", "RNN_Char100+p+q", "RNN_Char100+q", "RNN_Char100"]
     hv, cpu = pd.Series([1.0, 2.0, 3.0]).to_numpy(), pd.Series([5.0, 7.0, 12.0]).to_numpy()
     assert search_efficiency.cpu_to_reach(hv, cpu, 2.0) == 7.0
     assert math.isinf(search_efficiency.cpu_to_reach(hv[:2], cpu[:2], 2.5))
@@ -37,10 +41,11 @@ def test_search_efficiency_tiny_real_run(tmp_path, glue_dir, sst2_teacher, capsy
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    table = search_efficiency.main(["--methods", "random+fifo,random+moasha", "--seeds", "0", "--trials", "3",
-                                    "--no-scale", "--set", "student=ffn", "--set", "epochs=2",
-                                    "--data-dir", str(glue_dir), "--teacher", str(sst2_teacher),
-                                    "--cache-dir", str(tmp_path / "cache"), "--tracking-uri", uri])
+    argv = ["--methods", "random+fifo,random+moasha", "--seeds", "0", "--trials", "3",
+            "--no-scale", "--set", "student=ffn", "--set", "epochs=2",
+            "--data-dir", str(glue_dir), "--teacher", str(sst2_teacher),
+            "--cache-dir", str(tmp_path / "cache"), "--tracking-uri", uri, "--results-dir", str(tmp_path / "kept")]
+    table = search_efficiency.main(argv)
     out = capsys.readouterr().out
     assert out.strip().splitlines()[-1].startswith("SUMMARY: search_efficiency")
     assert list(table["method"]) == ["random+fifo", "random+moasha"]
@@ -63,3 +68,9 @@ def test_search_efficiency_tiny_real_run(tmp_path, glue_dir, sst2_teacher, capsy
         if r.data.tags.get("early_stopped") == "true":
             stopped[scheduler[r.data.tags["mlflow.parentRunId"]]].append(r.data.tags["stop_reason"])
     assert stopped["fifo"] == [] and stopped["moasha"] and set(stopped["moasha"]) == {"scheduler"}
+    # a second run with the same results folder reuses the finished searches: same table, no new trials
+    again = search_efficiency.main(argv)
+    assert "reusing" in capsys.readouterr().out
+    pd.testing.assert_frame_equal(again.drop(columns=["search wall s (median)"]),
+                                  table.drop(columns=["search wall s (median)"]))
+    assert len([r for r in client.search_runs([searches.experiment_id]) if "trial_id" in r.data.tags]) == 6
