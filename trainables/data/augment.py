@@ -83,8 +83,9 @@ class TextColumn:
     """
 
     def __init__(self, data: np.ndarray, offsets: np.ndarray):
-        if offsets.ndim != 1 or not len(offsets) or int(offsets[-1]) != len(data):
-            raise ValueError("offsets must be 1-D, start at 0 and end at the data's length")
+        if (offsets.ndim != 1 or not len(offsets) or int(offsets[0]) != 0 or int(offsets[-1]) != len(data)
+                or (np.diff(offsets) < 0).any()):
+            raise ValueError("offsets must be 1-D, non-decreasing, start at 0 and end at the data's length")
         self.data, self.offsets = data, offsets
 
     @classmethod

@@ -167,7 +167,7 @@ class Labeller:
 
     Example:
         >>> model, tok = load_teacher(minilm_path())  # doctest: +SKIP
-        >>> Labeller(model, tok, "int8")(["a gorgeous film", "dull"]).shape  # doctest: +SKIP
+        >>> Labeller(model, tok, "bf16")(["a gorgeous film", "dull"]).shape  # doctest: +SKIP
         (2, 2)
     """
 
