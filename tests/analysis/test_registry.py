@@ -12,7 +12,7 @@ from analysis import export_configs
 from analysis.registry import alias_of, check_model_name
 from trainables.errors import ConfigError
 
-FAST = {"student": "ffn", "embedding": "hash", "vocab_size": 500, "epochs": 2, "lr": 3e-3}
+FAST = {"student": "ffn", "embedding": "hash", "vocab_size": 2000, "hash_buckets": 500, "epochs": 2, "lr": 3e-3}
 
 
 @pytest.fixture

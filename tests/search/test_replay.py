@@ -10,8 +10,8 @@ from search.mlflow_store import ROLE_TAG, start_parent_run
 from search.replay import replay
 
 # a fast trial: 2,000 shuffled training rows (max_train_examples), full dev set, one epoch
-CONFIG = {"task": "sst2", "seed": 0, "student": "ffn", "embedding": "hash", "embedding_dim": 25, "vocab_size": 500,
-          "epochs": 1, "max_train_examples": 2000, "lr": 0.03, "batch_size": 32}
+CONFIG = {"task": "sst2", "seed": 0, "student": "ffn", "embedding": "hash", "embedding_dim": 25, "vocab_size": 2000,
+          "hash_buckets": 500, "epochs": 1, "max_train_examples": 2000, "lr": 0.03, "batch_size": 32}
 
 
 def test_export_and_replay_a_real_trial(store, tmp_path, glue_dir, sst2_teacher, sst2_splits, capsys):

@@ -160,7 +160,7 @@ def test_trial_trains_on_its_rows_plus_their_synthetic_rows(sst2_small, sst2_tea
     from trainables.trial import run_trial
 
     data = sst2_small.__class__(**{**sst2_small.__dict__, "augmented": {}})
-    cfg = {"student": "ffn", "embedding": "hash", "embedding_dim": 16, "vocab_size": 500, "epochs": 1,
+    cfg = {"student": "ffn", "embedding": "hash", "embedding_dim": 16, "vocab_size": 2000, "hash_buckets": 500, "epochs": 1,
            "max_train_examples": 60, "augment_n": 2, "augment_p": 0.2}
     rows = np.random.default_rng(0).permutation(len(data.train))[:60]
     prepare_augmented(data, str(sst2_teacher), [(2, 0.2)], rows[:40], seed=0, cache_dir=tmp_path, progress=False)

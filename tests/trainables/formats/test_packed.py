@@ -163,8 +163,8 @@ def test_pipeline_stages_log_prefixed_metrics_and_evaluate_the_saved_file(sst2_s
     from trainables.trial import run_trial
 
     tracker = MemoryTracker()
-    cfg = {"student": "ffn", "embedding": "hash", "embedding_dim": 16, "vocab_size": 500, "epochs": 1, "lr": 3e-3,
-           "stages": "distill,prune,quantize", "sparsity": 0.5, "bits_embedding": 4, "bits_classifier": 8}
+    cfg = {"student": "ffn", "embedding": "hash", "embedding_dim": 16, "vocab_size": 2000, "hash_buckets": 500,
+           "epochs": 1, "lr": 3e-3, "stages": "distill,prune,quantize", "sparsity": 0.5, "bits_embedding": 4, "bits_classifier": 8}
     final = run_trial(cfg, sst2_small, tmp_path, tracker)
     for stage in ("distill", "prune", "quantize"):
         for metric in ("accuracy", "size_bytes", "gzip_bytes", "latency_ms", "nonzero_params", "compression_ratio"):

@@ -16,7 +16,8 @@ from trainables.tracking import MemoryTracker, MlflowTracker
 from trainables.training.metrics import accuracy_percent
 from trainables.trial import run_trial
 
-FAST = {"student": "ffn", "embedding": "hash", "embedding_dim": 16, "vocab_size": 500, "epochs": 2, "lr": 3e-3}
+FAST = {"student": "ffn", "embedding": "hash", "embedding_dim": 16, "vocab_size": 2000, "hash_buckets": 500, "epochs": 2,
+        "lr": 3e-3}
 
 
 def _dev_accuracy(model, dev: Split) -> float:

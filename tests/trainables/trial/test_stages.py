@@ -7,7 +7,8 @@ from trainables.training.encoded import encode_split, predict
 from trainables.training.metrics import accuracy_percent
 from trainables.trial import RunSettings, run_trial
 
-FAST = {"student": "ffn", "embedding": "hash", "embedding_dim": 16, "vocab_size": 500, "epochs": 2, "lr": 3e-3}
+FAST = {"student": "ffn", "embedding": "hash", "embedding_dim": 16, "vocab_size": 2000, "hash_buckets": 500, "epochs": 2,
+        "lr": 3e-3}
 
 
 def test_trial_metrics_artifact_and_tracking(sst2_small, tmp_path):
