@@ -164,6 +164,8 @@ def main(argv=None):
     ap.add_argument("--train-rows", type=int, default=None, help="max_train_examples; 0 = all (default 0; quick 5000)")
     ap.add_argument("--scheduler", default="moasha", choices=("fifo", "moasha"), help="default %(default)s")
     ap.add_argument("--figure", default=None, help="write both fronts on one log-size axis to this PNG")
+    ap.add_argument("--time-budget-s", type=float, default=None,
+                    help="end the search cleanly after this many seconds (every started trial finishes as a run)")
     ap.add_argument("--epochs", type=int, default=None, help="distillation epochs (default: the space's; quick 1)")
     ap.add_argument("--max-concurrent", type=int, default=2, help="concurrent trials (default %(default)s)")
     ap.add_argument("--sampler", default="tpe", help="Optuna sampler (default %(default)s)")
@@ -185,7 +187,8 @@ def main(argv=None):
     opts = SearchOptions(task="sst2", space=args.space, data_dir=args.data_dir, teacher=args.teacher, num_samples=n,
                          max_concurrent=args.max_concurrent, experiment=EXPERIMENT, tracking_uri=args.tracking_uri,
                          seed=args.seed, sampler=args.sampler, cache_dir=args.cache_dir, verbose=0,
-                         storage_path=storage, overrides=overrides, scheduler=args.scheduler)
+                         storage_path=storage, overrides=overrides, scheduler=args.scheduler,
+                         time_budget_s=args.time_budget_s)
     plan_search(opts)  # every check before any work
     published = published_sst2(Path(args.table))
     load_start = describe_load("start")
