@@ -33,10 +33,10 @@ from pathlib import Path
 import pandas as pd
 
 from bench._common import check_tracking, describe_load, log_run, main_guard, parser
-from trainables.compression.quantize import to_int8_dynamic
 from trainables.data.glue import load_split
 from trainables.data.teacher import teacher_id, teacher_logits, teacher_size_bytes
 from trainables.formats import packed
+from trainables.kernels import to_int8_dynamic
 from trainables.tracking import MemoryTracker
 from trainables.training.encoded import encode_split, predict
 from trainables.training.metrics import accuracy_percent, inference_speed

@@ -188,15 +188,12 @@ def _check_value(key: str, value: Any, where: str) -> Any:
     return value
 
 
-#: Keys of earlier versions, with what replaced them (:func:`upgrade_config` translates saved configs).
+#: Keys of earlier versions: the type each had and what replaced it (:func:`upgrade_config`
+#: translates saved configs).
 RETIRED_KEYS = {
-    "hash_token_space": "hash embeddings now read vocab_size as the ids words are hashed into (K) and "
-                        "hash_buckets as the shared component vectors (B)",
+    "hash_token_space": ("int", "hash embeddings now read vocab_size as the ids words are hashed into (K) and "
+                                "hash_buckets as the shared component vectors (B)"),
 }
-
-
-#: The type each retired key had.
-RETIRED_KINDS = {"hash_token_space": "int"}
 
 
 def upgrade_config(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -228,7 +225,7 @@ def default_hash_buckets(vocab_size: int, hash_functions: int, embedding_dim: in
 def check_key(key: str, where: str = "config") -> None:
     """Raise :class:`ConfigError` if ``key`` is not a trial-config key."""
     if key in RETIRED_KEYS:
-        raise ConfigError(f"{where}: {key!r} is no longer a key: {RETIRED_KEYS[key]}")
+        raise ConfigError(f"{where}: {key!r} is no longer a key: {RETIRED_KEYS[key][1]}")
     if key not in PARAMS:
         raise ConfigError(f"{where}: unknown key {key!r}; allowed: {', '.join(sorted(PARAMS))}")
 
@@ -254,9 +251,11 @@ def parse_param(key: str, raw: str, where: str = "config") -> Any:
     Raises:
         ConfigError: ``key`` is not a trial-config key, or ``raw`` does not parse as its type.
     """
-    if key not in RETIRED_KINDS:
+    if key in RETIRED_KEYS:
+        kind = RETIRED_KEYS[key][0]
+    else:
         check_key(key, where)
-    kind = RETIRED_KINDS.get(key) or PARAMS[key].kind
+        kind = PARAMS[key].kind
     try:
         if kind == "int":
             number = float(raw)

@@ -54,7 +54,6 @@ from torch.nn.utils import parametrize
 from trainables.compression.prune import prunable_tensors
 from trainables.config import BITS_ALLOWED
 from trainables.errors import ConfigError
-from trainables.kernels import to_int8_dynamic  # noqa: F401  (re-exported: the runtime of int8_dynamic students)
 
 SCALE_DTYPE = torch.float16  # per-row scales S
 ZERO_DTYPE = torch.uint8     # per-row zero points Z (bits <= 8)

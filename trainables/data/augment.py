@@ -377,8 +377,7 @@ def build_augmented(train: Split, teacher: str, n: int, p: float, seed: int = 0,
 
     if n < 1:
         raise ConfigError(f"augment_n must be at least 1 to build an augmented set, got {n}")
-    precision = precision or default_precision("cpu" if teacher_model is None
-                                               else next(teacher_model[0].parameters()).device.type)
+    precision = precision or default_precision()
     key = cache_key(teacher_id(teacher), train, rows, n, p, seed, precision=precision)
     folder = _cache_path(cache_dir, train.task, key)
     state_file = folder / "state.json"

@@ -41,11 +41,12 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
-from trainables.compression.quantize import AFFINE_BITS, AffineTensor, HalfTensor, Quantized, to_int8_dynamic
+from trainables.compression.quantize import AFFINE_BITS, AffineTensor, HalfTensor, Quantized
 from trainables.errors import ConfigError
 from trainables.formats.base import guarded, register_loader, student_metadata, student_parts, write_safetensors
 from trainables.formats.layout import Layout, TensorInfo, meta_model, parse_json, read_layout, torch_dtype_name
 from trainables.formats.transformer import architecture_metadata, skeleton
+from trainables.kernels import to_int8_dynamic
 from trainables.models.embeddings import TextEncoder
 from trainables.models.students import Student, build_student
 from trainables.untrusted import short
@@ -388,7 +389,7 @@ def load_packed(path: str | Path, runtime: bool = True) -> tuple[torch.nn.Module
     declared layout is refused, never decoded approximately.
 
     Args:
-        runtime: apply the recorded runtime (``int8_dynamic``: :func:`trainables.compression.quantize.to_int8_dynamic`);
+        runtime: apply the recorded runtime (``int8_dynamic``: :func:`trainables.kernels.to_int8_dynamic`);
             ``False`` returns the float32 :class:`Student` with the dequantized weights.
 
     Returns:

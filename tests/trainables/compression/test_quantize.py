@@ -16,10 +16,10 @@ from trainables.compression.quantize import (
     quant_plan,
     quantize_student,
     quantize_tensor,
-    to_int8_dynamic,
 )
 from trainables.config import resolve_config
 from trainables.errors import ConfigError
+from trainables.kernels import to_int8_dynamic
 from trainables.models.embeddings import VocabEncoder
 from trainables.models.students import build_student
 from trainables.training.encoded import Encoded

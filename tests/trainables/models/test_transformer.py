@@ -121,9 +121,10 @@ def test_bad_configs_are_config_errors(sst2_teacher):
 
 def test_pruned_and_quantized_transformer_student_packs_and_reloads_exactly(sst2_teacher, sst2_splits, tmp_path):
     from trainables.compression.prune import PARTS, prunable_tensors, prune_student, sparsity_by_part
-    from trainables.compression.quantize import quantize_student, to_int8_dynamic
+    from trainables.compression.quantize import quantize_student
     from trainables.formats import load_student, packed
     from trainables.formats.transformer import save_transformer
+    from trainables.kernels import to_int8_dynamic
 
     cfg = _cfg(transformer_layers=1, stages="distill,prune,quantize", sparsity=0.5, bits_embedding=4)
     encoder, model = from_teacher(str(sst2_teacher), cfg, 2, pair=False)
