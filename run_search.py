@@ -76,7 +76,8 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--grace-period", type=int, default=d.grace_period,
                    help="moasha: epochs before the first rung (default %(default)s)")
     p.add_argument("--time-budget-s", type=float, default=None,
-                   help="end the search after this many seconds (started trials are closed)")
+                   help="end the search after this many seconds: no trial starts after it, and running ones end "
+                        "their epoch there and finish as runs")
     p.add_argument("--hv-reference", default=None,
                    help="hypervolume reference, one number per objective, sizes on log10 bytes "
                         "(default: fixed per task: majority-class accuracy, the teacher's size)")

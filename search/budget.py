@@ -9,7 +9,10 @@ student saved, evaluated and logged; tags ``early_stopped=true``, ``stopped_at_e
 
 - :class:`DeadlineSearcher` wraps the search algorithm and returns ``Searcher.FINISHED`` once the
   budget is spent, so Tune starts no new trial and ends when the running ones have finished;
-- :class:`TrialStopper` tells running trials to stop after their current epoch.
+- :class:`TrialStopper` ends the epoch a running trial is in once the deadline has passed (it is
+  asked after every distillation batch) and stops the trial after it; that partial epoch is
+  validated and reported like any other (``partial_epoch`` 1.0). Compression stages that follow
+  still run, so a trial ends a little after the deadline.
 
 A resumed search gets the same budget again, counted from the resume.
 """
@@ -100,9 +103,14 @@ class TrialStopper:
         self.deadline = deadline
         self.timeout_s = timeout_s
 
+    def deadline_passed(self) -> bool:
+        """Whether the time budget is spent (the trainable asks after every batch, so that an
+        epoch in progress ends at the deadline instead of running to its end)."""
+        return self.deadline is not None and time.time() >= self.deadline
+
     def __call__(self, trial_id: str, epoch: int) -> str | None:
         if self.rung_decision is not None and self.rung_decision(trial_id, epoch, self.timeout_s) is False:
             return "scheduler"
-        if self.deadline is not None and time.time() >= self.deadline:
+        if self.deadline_passed():
             return "time_budget"
         return None

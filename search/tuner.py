@@ -537,7 +537,9 @@ def execute_search(plan: Plan, data: Any, client: Any, experiment_id: str, paren
                 "settings": settings, "system_metrics": opts.system_metrics,
                 "earlier_attempts": functools.partial(mlflow_store.close_earlier_attempts,
                                                       experiment_id=experiment_id, parent_run_id=parent_id),
-                "should_stop": should_stop}
+                "should_stop": should_stop,
+                # the time budget also ends an epoch in progress (TrialStopper.deadline_passed)
+                "halt": getattr(should_stop, "deadline_passed", None)}
     # Tune saves its experiment state (trials, searcher) every TUNE_GLOBAL_CHECKPOINT_S; "auto" means >= 10 s,
     # and a trial created after the last save is unknown to a resume. 1 s keeps that window far below a trial.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")

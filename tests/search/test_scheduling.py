@@ -76,3 +76,17 @@ def test_two_searches_of_a_task_share_the_hypervolume_reference_and_a_budget_end
     assert majority == pytest.approx(50.9174, abs=1e-3) and log_teacher == pytest.approx(7.958, abs=1e-2)
     assert second.info.status == "FINISHED" and 1 <= len(trials) < 50
     assert {r.info.status for r in trials} == {"FINISHED"}  # every started trial closed
+
+
+def test_a_spent_budget_ends_the_epoch_in_progress(tmp_path, glue_dir, sst2_teacher):
+    # a 1 s budget is spent before any trial's first batch (a Ray worker takes longer to start):
+    # each trial stops after that batch, in epoch 1 of 4, and still finishes as a real trial
+    out = _search(tmp_path, glue_dir, sst2_teacher, "--num-samples", "6", "--seed", "3", "--time-budget-s", "1",
+                  experiment="halt")
+    assert "the time budget of 1 s is spent" in out
+    client, (parent,), trials = _runs(tmp_path, "halt")
+    assert parent.info.status == "FINISHED" and 1 <= len(trials) < 6
+    for run in trials:
+        assert run.info.status == "FINISHED" and {"accuracy", "size_bytes"} <= set(run.data.metrics)
+        assert (run.data.tags["stop_reason"], run.data.tags["stopped_at_epoch"]) == ("time_budget", "1")
+        assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "partial_epoch")] == [(1, 1.0)]

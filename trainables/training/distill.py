@@ -165,7 +165,8 @@ def train(model: nn.Module, train_data: Encoded, val_data: Encoded, config: Mapp
           on_epoch: Callable[[dict[str, float]], None] | None = None,
           aux_loss: Callable[[torch.Tensor], torch.Tensor] | None = None,
           resume: TrainState | None = None,
-          on_state: Callable[[TrainState], None] | None = None) -> TrainResult:
+          on_state: Callable[[TrainState], None] | None = None,
+          halt: Callable[[], bool] | None = None) -> TrainResult:
     """Distil ``model`` on ``train_data`` and leave it holding the best validation epoch's weights.
 
     ``val_data`` is the validation split (carved from the training data, never dev): early
@@ -191,6 +192,10 @@ def train(model: nn.Module, train_data: Encoded, val_data: Encoded, config: Mapp
             (e.g. to save it with the epoch's checkpoint). The state is a CPU copy of the
             weights, the optimizer's moments and, when the epoch is not the best one, the best
             weights; without ``on_state`` no copy is made.
+        halt: asked after every batch (e.g. whether a time budget is spent). When it returns
+            ``True`` the epoch ends there: it is validated and reported like any other (its
+            row has ``partial_epoch`` 1.0), and training stops after it
+            (``TrainResult.stopped_at_epoch``); a resume from its state trains no further.
 
     Raises:
         ValueError: no teacher logits, unknown optimizer/loss, or ``resume`` from a longer run
@@ -226,7 +231,7 @@ def train(model: nn.Module, train_data: Encoded, val_data: Encoded, config: Mapp
             break
         t0 = time.perf_counter()
         model.train()
-        total, batches = 0.0, 0
+        total, batches, halted = 0.0, 0, False
         for idx in length_bucketed_batches(train_data.len_a, bs, gen):
             loss = distill_loss(model(*train_data.inputs(idx, device)), train_data.teacher[idx].to(device),
                                 train_data.labels[idx].to(device), alpha, kind, temp)
@@ -238,16 +243,21 @@ def train(model: nn.Module, train_data: Encoded, val_data: Encoded, config: Mapp
                 nn.utils.clip_grad_norm_(model.parameters(), clip)
             opt.step()
             total, batches = total + loss.item(), batches + 1
+            if halt is not None and halt():
+                halted = True
+                break
         acc = accuracy_percent(predict(model, val_data), val_data.labels.numpy())
         row = {"epoch": epoch, "train_loss": total / max(batches, 1), "val_accuracy": acc,
                "epoch_time_s": time.perf_counter() - t0}
+        if halted:
+            row["partial_epoch"] = 1.0
         result.history.append(row)
         if acc > result.best_accuracy:
             result.best_epoch, result.best_accuracy, stale = epoch, acc, 0
             best_state = copy.deepcopy(model.state_dict())
         else:
             stale += 1
-        stopped = bool(patience and stale >= patience)
+        stopped = bool(patience and stale >= patience) or halted
         if on_state is not None:
             on_state(TrainState(
                 epoch=epoch, model=cpu_copy(model.state_dict()), optimizer=cpu_copy(opt.state_dict()),
@@ -257,6 +267,9 @@ def train(model: nn.Module, train_data: Encoded, val_data: Encoded, config: Mapp
                 train_time_s=earlier_s + time.perf_counter() - start,
                 cuda_rng=torch.cuda.get_rng_state(device) if device.type == "cuda" else None))
         if on_epoch is not None and on_epoch(row) and epoch < epochs:  # the caller stops training here
+            result.stopped_at_epoch = epoch
+            break
+        if halted and epoch < epochs:
             result.stopped_at_epoch = epoch
             break
     model.load_state_dict(best_state)

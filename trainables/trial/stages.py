@@ -110,7 +110,8 @@ class TrialState:
         rows: the per-epoch metrics logged so far (kept in the checkpoint for a resumed run).
         rewind: ``prune_schedule=imp``: ``{"epoch", "state"}``, the weights pruning rewinds to.
         train_time_s, best_epoch: of the training stages (seconds; ``None`` without distillation).
-        stopped_at_epoch: the epoch after which ``report`` stopped distillation, else ``None``.
+        stopped_at_epoch: the epoch after which ``report`` or ``halt`` stopped distillation, else ``None``.
+        halt: as given to :func:`run_trial`.
         final, saved: the last stage's metrics and the model loaded from its saved file.
     """
 
@@ -130,6 +131,7 @@ class TrialState:
     stopped_at_epoch: int | None = None
     final: dict[str, Any] = field(default_factory=dict)
     saved: torch.nn.Module | None = None
+    halt: Callable[[], bool] | None = None
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -150,7 +152,8 @@ def uses_imp(cfg: Mapping[str, Any]) -> bool:
 
 def run_trial(config: Mapping[str, Any], data: TrialData, workdir: str | Path, tracker: Tracker | None = None,
               settings: RunSettings | None = None, report: ReportFn | None = None,
-              run_name: str = "trial", resume_from: str | Path | None = None) -> dict[str, Any]:
+              run_name: str = "trial", resume_from: str | Path | None = None,
+              halt: Callable[[], bool] | None = None) -> dict[str, Any]:
     """Run one distillation trial and return its final metrics.
 
     Args:
@@ -166,6 +169,10 @@ def run_trial(config: Mapping[str, Any], data: TrialData, workdir: str | Path, t
             to this run (tag ``resumed_from_epoch``) and their measured energy counts towards
             ``energy_j``. A folder that cannot be resumed from is skipped with a warning (tag
             ``resume_skipped``).
+        halt: asked after every distillation batch (:func:`trainables.training.distill.train`):
+            ``True`` ends the epoch there and distillation after it (e.g. a spent time budget;
+            tags ``early_stopped``, ``stopped_at_epoch``, ``stop_reason`` = ``halt`` unless
+            ``report`` gave a reason).
 
     Returns:
         Final metrics: ``accuracy`` (dev, percent; ``f1`` for QQP), ``val_accuracy`` (the
@@ -191,7 +198,7 @@ def run_trial(config: Mapping[str, Any], data: TrialData, workdir: str | Path, t
     tracker.start(run_name, params=cfg, tags=tags)
     try:
         tracker.log_datasets(trial_datasets(data))
-        final = _stages(cfg, data, workdir, tracker, settings, report, init, resume_from)
+        final = _stages(cfg, data, workdir, tracker, settings, report, init, resume_from, halt)
     except BaseException as e:
         tracker.set_tags({"error": f"{type(e).__name__}: {e}"[:4000]})
         tracker.finish("FAILED")
@@ -202,7 +209,7 @@ def run_trial(config: Mapping[str, Any], data: TrialData, workdir: str | Path, t
 
 def _stages(cfg: dict[str, Any], data: TrialData, workdir: Path, tracker: Tracker, settings: RunSettings,
             report: ReportFn | None, init: tuple[Any, torch.nn.Module] | None,
-            resume_from: str | Path | None) -> dict[str, Any]:
+            resume_from: str | Path | None, halt: Callable[[], bool] | None = None) -> dict[str, Any]:
     ckpt = usable_checkpoint(resume_from, uses_imp(cfg), tracker) if resume_from is not None else None
     if ckpt is not None and init is None and cfg["student"] != "transformer":
         # the checkpoint's own encoder (a vocabulary learnt from text is not rebuilt); weights come from its state
@@ -216,7 +223,7 @@ def _stages(cfg: dict[str, Any], data: TrialData, workdir: Path, tracker: Tracke
     # the GPUs this trial trains on (none on CPU: an idle GPU's draw is not this trial's)
     meter = energy.make_meter(gpu_indices=None if settings.device == "cuda" else [],
                               cpu_watts_per_core=settings.cpu_watts_per_core)
-    state = TrialState(cfg, data, workdir, tracker, settings, report, prep, meter)
+    state = TrialState(cfg, data, workdir, tracker, settings, report, prep, meter, halt=halt)
     restore(state, ckpt)
     stages = parse_stages(cfg["stages"])
     if "distill" in stages:
@@ -373,13 +380,13 @@ def distill_stage(state: TrialState, resume: TrainState | None = None) -> None:
     epochs = _EpochCheckpointer(state)
     state.meter.start()
     result = train(state.prep.model, state.prep.train_enc, state.prep.val_enc, state.cfg, epochs.on_epoch,
-                   state.prep.aux_loss, resume, on_state=epochs.on_state)
+                   state.prep.aux_loss, resume, on_state=epochs.on_state, halt=state.halt)
     state.meter.stop()  # the window after the last epoch (early-stopping bookkeeping) is not training
     state.train_time_s, state.best_epoch = result.train_time_s, result.best_epoch
     state.stopped_at_epoch = result.stopped_at_epoch
     if result.stopped_at_epoch is not None:
         state.tracker.set_tags({"early_stopped": "true", "stopped_at_epoch": str(result.stopped_at_epoch),
-                                "stop_reason": str(epochs.stop_reason)})
+                                "stop_reason": str(epochs.stop_reason or "halt")})
 
 
 def _stage_logger(tracker: Tracker, stage: str) -> Callable[[dict[str, float]], None]:

@@ -46,7 +46,9 @@ def tune_trainable(config: dict[str, Any], data: TrialData, tracking: Mapping[st
             ``should_stop(trial_id, epoch) -> reason | None``, asked after each epoch's report:
             a reason (a scheduler's rung decision, a spent time budget) stops distillation after
             that epoch, and the trial finishes from its best epoch (tags ``early_stopped``,
-            ``stopped_at_epoch``, ``stop_reason``).
+            ``stopped_at_epoch``, ``stop_reason``); optional ``halt() -> bool``, asked after every
+            distillation batch: ``True`` ends the epoch there and distillation after it (a spent
+            time budget; see :func:`trainables.trial.stages.run_trial`).
     """
     ctx = tune.get_context()
     tracker = MlflowTracker(tracking["tracking_uri"], tracking["experiment_id"], tracking["parent_run_id"],
@@ -84,7 +86,7 @@ def tune_trainable(config: dict[str, Any], data: TrialData, tracking: Mapping[st
         checkpoint.to_directory(str(resume_from))
     try:
         run_trial(config, data, workdir, tracker, settings, report, run_name=ctx.get_trial_name(),
-                  resume_from=resume_from)
+                  resume_from=resume_from, halt=tracking.get("halt"))
     finally:
         if resume_from is not None:
             shutil.rmtree(resume_from, ignore_errors=True)

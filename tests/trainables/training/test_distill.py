@@ -96,3 +96,23 @@ def test_resuming_after_early_stopping_trains_no_more(sst2_small):
     resumed = train(fresh, tr, dv, cfg, resume=states[-1])
     assert len(resumed.history) == len(whole.history) and resumed.best_epoch == whole.best_epoch
     assert np.array_equal(predict(fresh, dv), predict(model, dv))
+
+
+def test_halt_ends_the_epoch_in_progress_and_training_after_it(sst2_small):
+    cfg, model, tr, dv = _setup(sst2_small, epochs=3, seed=6)
+    epochs_done, asked_in_epoch_2, states = [], [], []
+
+    def halt() -> bool:  # a time budget spent at the second epoch's third batch
+        if epochs_done:
+            asked_in_epoch_2.append(1)
+        return len(asked_in_epoch_2) >= 3
+
+    result = train(model, tr, dv, cfg, on_epoch=lambda row: epochs_done.append(row["epoch"]),
+                   on_state=states.append, halt=halt)
+    assert len(asked_in_epoch_2) == 3  # asked after every batch; no batch after it said stop
+    assert epochs_done == [1, 2] and result.stopped_at_epoch == 2
+    assert "partial_epoch" not in result.history[0] and result.history[1]["partial_epoch"] == 1.0
+    assert states[-1].stopped  # a resume from the halted epoch trains no further
+    _, fresh, _, _ = _setup(sst2_small, epochs=3, seed=6)
+    assert len(train(fresh, tr, dv, cfg, resume=states[-1]).history) == 2
+    assert accuracy_percent(predict(model, dv), sst2_small.dev.labels) == result.best_accuracy
