@@ -32,7 +32,7 @@ teacher (89.79%), so the comparison shows where the measured front stands, not a
 
 Usage:
     python -m bench.frontier_sst2 --quick       # 8 trials, 5,000 training rows, augment_n 1, 1 epoch
-    python -m bench.frontier_sst2 --figure docs/img/frontier_sst2.png    # the full search (at most 2.5 h on 2 cores)
+    python -m bench.frontier_sst2 --figure docs/img/frontier_sst2.png    # the full search (sized for 2.5 h on 2 cores)
     python -m bench.frontier_sst2 --space spaces/compress.yaml --scheduler fifo --num-samples 24
 """
 
