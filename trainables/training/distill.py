@@ -266,10 +266,8 @@ def train(model: nn.Module, train_data: Encoded, val_data: Encoded, config: Mapp
                 torch_rng=torch.get_rng_state(), history=[dict(r) for r in result.history],
                 train_time_s=earlier_s + time.perf_counter() - start,
                 cuda_rng=torch.cuda.get_rng_state(device) if device.type == "cuda" else None))
-        if on_epoch is not None and on_epoch(row) and epoch < epochs:  # the caller stops training here
-            result.stopped_at_epoch = epoch
-            break
-        if halted and epoch < epochs:
+        told_to_stop = on_epoch is not None and on_epoch(row)  # the caller stops training here
+        if (told_to_stop or halted) and epoch < epochs:
             result.stopped_at_epoch = epoch
             break
     model.load_state_dict(best_state)
