@@ -94,8 +94,9 @@ class TrialStopper:
         deadline: ``time.time()`` after which running trials stop (the time budget), or ``None``.
         timeout_s: how long to wait for a rung decision, seconds (no answer: continue).
 
-    Returns (when called): ``"scheduler"`` when the scheduler stopped the trial at this epoch,
-    ``"time_budget"`` once the deadline has passed, else ``None``.
+    Returns (when called): ``"time_budget"`` once the deadline has passed (whatever the rung
+    says: an epoch the budget cut short is the budget's stop), ``"scheduler"`` when the scheduler
+    stopped the trial at this epoch, else ``None``.
     """
 
     def __init__(self, rung_decision: Any = None, deadline: float | None = None, timeout_s: float = 60.0):
@@ -109,8 +110,8 @@ class TrialStopper:
         return self.deadline is not None and time.time() >= self.deadline
 
     def __call__(self, trial_id: str, epoch: int) -> str | None:
-        if self.rung_decision is not None and self.rung_decision(trial_id, epoch, self.timeout_s) is False:
-            return "scheduler"
         if self.deadline_passed():
             return "time_budget"
+        if self.rung_decision is not None and self.rung_decision(trial_id, epoch, self.timeout_s) is False:
+            return "scheduler"
         return None
