@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -35,6 +35,9 @@ from trainables.config import check_value, parse_stages
 from trainables.data.glue import check_task, check_validation_options, local_split_path
 from trainables.errors import ConfigError
 from trainables.untrusted import mask_credentials, safe_name
+
+if TYPE_CHECKING:  # Ray is imported only once a search runs
+    from search.budget import TrialStopper
 
 log = logging.getLogger(__name__)
 
@@ -338,7 +341,7 @@ def make_scheduler(plan: Plan, board: str) -> Any:
                            decision_board=board)
 
 
-def make_stopper(plan: Plan, board: str) -> Any:
+def make_stopper(plan: Plan, board: str) -> TrialStopper:
     """The trainable's ``should_stop`` (:class:`search.budget.TrialStopper`): the scheduler's
     decisions (``--scheduler moasha``) and the deadline of ``--time-budget-s``."""
     from search.budget import TrialStopper
@@ -510,8 +513,7 @@ def recorded_options(plan: Plan) -> dict[str, Any]:
 
 
 def execute_search(plan: Plan, data: Any, client: Any, experiment_id: str, parent_id: str, search_id: str,
-                   build: Callable[[Any], Any], should_stop: Callable[[str, int], str | None] | None = None
-                   ) -> pd.DataFrame:
+                   build: Callable[[Any], Any], should_stop: TrialStopper | None = None) -> pd.DataFrame:
     """Run the Tuner that ``build(trainable)`` returns (new or restored), then close the search's runs.
 
     Trials that fail (after ``--max-failures`` retries) do not stop the search: Tune returns them
@@ -538,8 +540,8 @@ def execute_search(plan: Plan, data: Any, client: Any, experiment_id: str, paren
                 "earlier_attempts": functools.partial(mlflow_store.close_earlier_attempts,
                                                       experiment_id=experiment_id, parent_run_id=parent_id),
                 "should_stop": should_stop,
-                # the time budget also ends an epoch in progress (TrialStopper.deadline_passed)
-                "halt": getattr(should_stop, "deadline_passed", None)}
+                # the time budget also ends an epoch in progress
+                "halt": should_stop.deadline_passed if should_stop is not None else None}
     # Tune saves its experiment state (trials, searcher) every TUNE_GLOBAL_CHECKPOINT_S; "auto" means >= 10 s,
     # and a trial created after the last save is unknown to a resume. 1 s keeps that window far below a trial.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")

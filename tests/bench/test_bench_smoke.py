@@ -37,7 +37,6 @@ def test_table_7_5_copy_and_like_with_like_dominance():
     assert math.isinf(search_efficiency.cpu_to_reach(hv[:2], cpu[:2], 2.5))
 
 
-
 def test_figure_draws_both_fronts(tmp_path, monkeypatch):
     import matplotlib.axes
 
@@ -56,6 +55,7 @@ def test_figure_draws_both_fronts(tmp_path, monkeypatch):
     assert len(drawn) == 3
     assert drawn[1] == ([0.04, 0.09, 0.3], [70.0, 78.0, 80.0])
     assert drawn[2] == ([0.03, 0.035, 0.25], [78.0, 70.0, 80.0])
+
 
 def test_search_efficiency_tiny_real_run(tmp_path, glue_dir, sst2_teacher, capsys):
     from mlflow.tracking import MlflowClient
